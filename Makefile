@@ -1,0 +1,30 @@
+# Every target runs inside .venv, created on first use from the pinned requirements.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+PIPELINE_ROOT ?= runs
+SERVING_DIR ?= serving_models
+CONFIG ?= configs/amazon_fine_food.yaml
+
+.PHONY: venv run test clean
+
+$(VENV)/.installed: requirements.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	$(PY) pipeline.py run --config $(CONFIG) --pipeline-root $(PIPELINE_ROOT) \
+	    --serving-dir $(SERVING_DIR) --output-json $(PIPELINE_ROOT)/summary.json
+
+test: venv
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(PIPELINE_ROOT) $(SERVING_DIR)

@@ -1,0 +1,1 @@
+"""The multi-task model: preprocessing, trunks, heads, builder and export."""

@@ -1,0 +1,1 @@
+"""Loading and querying pushed SavedModels the way TensorFlow Serving does."""
