@@ -90,6 +90,9 @@ class TaskConfig:
     classes: the label values in order; learned from train when empty.
     positive_class: for `binary`, the label value that counts as positive.
     weight: the task's weight alpha in the summed loss.
+    class_weighting: `none`, or `balanced` to weight each class's examples
+      by n / (classes * count) on train, so that a rare class is not
+      drowned by the majority (this trades accuracy for macro-F1).
     main_metric: the metric that blessing compares.
     group_key: for click tasks, the raw feature grouping one impression, for
       per-impression AUC, MRR and nDCG.
@@ -102,6 +105,7 @@ class TaskConfig:
   classes: Sequence[str] = ()
   positive_class: Optional[str] = None
   weight: float = 1.0
+  class_weighting: str = 'none'
   main_metric: str = ''
   group_key: Optional[str] = None
   popularity_key: Optional[str] = None
@@ -313,6 +317,9 @@ def _validate(config: PipelineConfig, source: str) -> None:
     _check(task.type in TASK_TYPES, source,
            f'task {task.name!r} has type {task.type!r}; valid types are '
            f'{list(TASK_TYPES)}.')
+    _check(task.class_weighting in ('none', 'balanced'), source,
+           f'task {task.name!r} has class_weighting '
+           f'{task.class_weighting!r}; valid values are none and balanced.')
     if task.type == 'binary':
       _check(len(task.classes) == 2 and task.positive_class in task.classes,
              source, f'binary task {task.name!r} needs two `classes` and a '

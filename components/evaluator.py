@@ -1,0 +1,276 @@
+"""Evaluator: per-task metrics on the eval split, baselines and blessing.
+
+The candidate is scored through its exported `from_examples` signature on the
+raw eval examples, so the metrics describe the model that would be served.
+Each task is compared with a baseline computed in the same run (the majority
+class of train; for click tasks, the item's train-split click-through rate),
+and with the version currently served, scored on the same eval examples.
+"""
+
+import collections
+import json
+import logging
+import os
+from typing import Dict, List, NamedTuple, Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  Registers the tf-text ops of the graph.
+
+from components import artifacts
+from components import metrics as metric_lib
+from components.config import PipelineConfig, TaskConfig
+from models import features
+
+PREDICT_BATCH_SIZE = 512
+METRICS_FILE = 'metrics.json'
+REPORT_FILE = 'report.md'
+BLESSED_FILE = 'BLESSED'
+NOT_BLESSED_FILE = 'NOT_BLESSED'
+# Prior weight, in impressions, of the global click-through rate that
+# smooths each item's rate in the popularity baseline.
+POPULARITY_PRIOR_IMPRESSIONS = 10.0
+
+
+class EvaluatorResult(NamedTuple):
+  """The evaluation outcome."""
+  blessed: bool
+  reasons: List[str]
+  metrics: Dict[str, dict]
+  metrics_path: str
+
+
+class _EvalData(NamedTuple):
+  serialized: List[bytes]
+  values: Dict[str, list]
+
+
+def _feature_values(example: tf.train.Example, name: str):
+  feature = example.features.feature.get(name)
+  if feature is None:
+    return None
+  kind = feature.WhichOneof('kind')
+  values = list(getattr(feature, kind).value) if kind else []
+  if kind == 'bytes_list':
+    values = [v.decode('utf-8') for v in values]
+  return values[0] if values else ''
+
+
+def _read_split(examples_dir: str, split: str, keys: List[str]) -> _EvalData:
+  serialized, values = [], collections.defaultdict(list)
+  for record in artifacts.read_records(examples_dir, split):
+    serialized.append(record)
+    example = tf.train.Example.FromString(record)
+    for key in keys:
+      values[key].append(_feature_values(example, key))
+  return _EvalData(serialized, dict(values))
+
+
+def predict_examples(model_dir: str, serialized: List[bytes]
+                     ) -> Dict[str, np.ndarray]:
+  """Run a SavedModel's `from_examples` signature over serialized examples."""
+  loaded = tf.saved_model.load(model_dir)
+  if 'from_examples' not in loaded.signatures:
+    raise ValueError(f'The SavedModel at {model_dir} has no `from_examples` '
+                     f'signature; it has {sorted(loaded.signatures)}.')
+  signature = loaded.signatures['from_examples']
+  outputs = collections.defaultdict(list)
+  for start in range(0, len(serialized), PREDICT_BATCH_SIZE):
+    batch = tf.constant(serialized[start:start + PREDICT_BATCH_SIZE])
+    for key, value in signature(examples=batch).items():
+      outputs[key].append(value.numpy())
+  return {key: np.concatenate(parts) for key, parts in outputs.items()}
+
+
+def _labelled(task: TaskConfig, data: _EvalData) -> np.ndarray:
+  return np.array([label != '' for label in data.values[task.label]])
+
+
+def _task_metrics(task: TaskConfig, data: _EvalData, mask: np.ndarray,
+                  predicted_labels: np.ndarray,
+                  positive_scores: Optional[np.ndarray]) -> Dict[str, float]:
+  y_true = np.array(data.values[task.label], dtype=object)[mask]
+  result = metric_lib.classification_metrics(y_true,
+                                             predicted_labels[mask])
+  if task.type == 'binary' and positive_scores is not None:
+    labels = (y_true == task.positive_class).astype(np.int64)
+    groups = (np.array(data.values[task.group_key], dtype=object)[mask]
+              if task.group_key else None)
+    result.update(metric_lib.binary_metrics(labels, positive_scores[mask],
+                                            groups))
+  return result
+
+
+def _model_task_metrics(task: TaskConfig, data: _EvalData, mask: np.ndarray,
+                        outputs: Dict[str, np.ndarray]) -> Dict[str, float]:
+  labels = np.array([v.decode('utf-8') for v in
+                     outputs[features.label_output(task.name)]], dtype=object)
+  positive_scores = None
+  if task.type == 'binary':
+    index = list(task.classes).index(task.positive_class)
+    positive_scores = outputs[features.probabilities_output(task.name)][:,
+                                                                        index]
+  return _task_metrics(task, data, mask, labels, positive_scores)
+
+
+def _baseline_metrics(task: TaskConfig, train: _EvalData, data: _EvalData,
+                      mask: np.ndarray) -> Dict[str, float]:
+  """Majority class of train; for click tasks, train-split item CTR."""
+  train_labels = [v for v in train.values[task.label] if v != '']
+  counts = collections.Counter(train_labels)
+  majority = (min(counts, key=lambda label: (-counts[label], label))
+              if counts else '')
+  predicted = np.array([majority] * len(mask), dtype=object)
+  positive_scores = None
+  if task.type == 'binary':
+    positive_scores = _popularity_scores(task, train, data)
+  result = _task_metrics(task, data, mask, predicted, positive_scores)
+  result['majority_class'] = majority
+  return result
+
+
+def _popularity_scores(task: TaskConfig, train: _EvalData,
+                       data: _EvalData) -> np.ndarray:
+  """Each example's item click-through rate on train, smoothed to the mean."""
+  key = task.popularity_key
+  shown, clicked = collections.Counter(), collections.Counter()
+  for item, label in zip(train.values.get(key, []), train.values[task.label]):
+    if label == '':
+      continue
+    shown[item] += 1
+    clicked[item] += int(label == task.positive_class)
+  total_shown = sum(shown.values())
+  global_rate = sum(clicked.values()) / total_shown if total_shown else 0.0
+  if key is None:
+    return np.full(len(data.serialized), global_rate)
+  prior = POPULARITY_PRIOR_IMPRESSIONS
+  return np.array([
+      (clicked[item] + prior * global_rate) / (shown[item] + prior)
+      for item in data.values[key]
+  ])
+
+
+def latest_version_dir(serving_dir: str, model_name: str) -> Optional[str]:
+  """The highest integer version folder of a model, or None."""
+  base = os.path.join(serving_dir, model_name)
+  if not os.path.isdir(base):
+    return None
+  versions = [int(name) for name in os.listdir(base) if name.isdigit()]
+  return os.path.join(base, str(max(versions))) if versions else None
+
+
+def _value_keys(config: PipelineConfig) -> List[str]:
+  keys = set()
+  for task in config.tasks:
+    keys.add(task.label)
+    keys.update(k for k in (task.group_key, task.popularity_key) if k)
+  return sorted(keys)
+
+
+def _bless(config: PipelineConfig, task_results: Dict[str, dict],
+           served_error: Optional[str]) -> List[str]:
+  """Reasons not to bless; empty when the candidate is blessed."""
+  reasons = []
+  if served_error:
+    reasons.append(served_error)
+  tolerance = config.evaluator.tolerance
+  for task in config.tasks:
+    result = task_results[task.name]
+    name = task.main_metric
+    value = result['candidate'].get(name, float('nan'))
+    baseline = result['baseline'].get(name, float('nan'))
+    if not value > baseline:
+      reasons.append(f'{task.name}: {name} {value:.4f} does not beat the '
+                     f'baseline {baseline:.4f}.')
+    served = (result.get('served') or {}).get(name)
+    if served is not None and not np.isnan(served) and (
+        np.isnan(value) or value < served - tolerance):
+      reasons.append(f'{task.name}: {name} {value:.4f} is below the served '
+                     f'version\'s {served:.4f} by more than {tolerance}.')
+  return reasons
+
+
+def _write_report(path: str, config: PipelineConfig, summary: dict) -> None:
+  lines = [f'# Evaluation of {config.model_name}', '',
+           f'Blessed: {"yes" if summary["blessed"] else "no"}', '']
+  for reason in summary['reasons']:
+    lines.append(f'- {reason}')
+  lines += ['', '| task | metric | candidate | baseline | served |',
+            '|---|---|---|---|---|']
+  for task in config.tasks:
+    result = summary['tasks'][task.name]
+    for name, value in result['candidate'].items():
+      if not isinstance(value, float):
+        continue
+      served = (result.get('served') or {}).get(name)
+      marker = ' (main)' if name == task.main_metric else ''
+      lines.append(f'| {task.name} | {name}{marker} | {value:.4f} | '
+                   f'{result["baseline"].get(name, float("nan")):.4f} | '
+                   f'{"" if served is None else f"{served:.4f}"} |')
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write('\n'.join(lines) + '\n')
+
+
+def run_evaluator(config: PipelineConfig, examples_dir: str, model_dir: str,
+                  output_dir: str,
+                  served_model_dir: Optional[str] = None) -> EvaluatorResult:
+  """Evaluate the candidate, its baselines and the served version; bless.
+
+  Args:
+    config: the pipeline config.
+    examples_dir: ExampleGen's raw examples (train for baselines, eval).
+    model_dir: the candidate SavedModel.
+    output_dir: where metrics.json, report.md and the blessing go.
+    served_model_dir: the version in service, if any, scored on the same
+      eval examples.
+
+  Returns:
+    The blessing, the reasons against it, and the metrics per task.
+  """
+  keys = _value_keys(config)
+  eval_data = _read_split(examples_dir, 'eval', keys)
+  train_data = _read_split(examples_dir, 'train', keys)
+  if not eval_data.serialized:
+    raise ValueError(f'The eval split in {examples_dir} is empty; lower '
+                     'split.eval_fraction or add data.')
+  candidate = predict_examples(model_dir, eval_data.serialized)
+
+  served, served_error = None, None
+  if served_model_dir:
+    try:
+      served = predict_examples(served_model_dir, eval_data.serialized)
+    except (ValueError, OSError, tf.errors.OpError) as e:
+      served_error = (f'The served version at {served_model_dir} could not '
+                      f'be evaluated, so the candidate cannot be compared '
+                      f'with it: {e}')
+      logging.error('Evaluator: %s', served_error)
+
+  task_results = {}
+  for task in config.tasks:
+    mask = _labelled(task, eval_data)
+    result = {
+        'main_metric': task.main_metric,
+        'candidate': _model_task_metrics(task, eval_data, mask, candidate),
+        'baseline': _baseline_metrics(task, train_data, eval_data, mask),
+        'served': None,
+    }
+    if served is not None and features.label_output(task.name) in served:
+      result['served'] = _model_task_metrics(task, eval_data, mask, served)
+    task_results[task.name] = result
+
+  reasons = _bless(config, task_results, served_error)
+  summary = {'blessed': not reasons, 'reasons': reasons,
+             'model_dir': model_dir, 'served_model_dir': served_model_dir,
+             'eval_examples': len(eval_data.serialized),
+             'tasks': task_results}
+  os.makedirs(output_dir, exist_ok=True)
+  metrics_path = os.path.join(output_dir, METRICS_FILE)
+  with open(metrics_path, 'w', encoding='utf-8') as f:
+    json.dump(summary, f, indent=2, default=float)
+  _write_report(os.path.join(output_dir, REPORT_FILE), config, summary)
+  marker = BLESSED_FILE if not reasons else NOT_BLESSED_FILE
+  with open(os.path.join(output_dir, marker), 'w', encoding='utf-8') as f:
+    f.write('\n'.join(reasons) + '\n')
+  logging.info('Evaluator: %s %s', 'blessed' if not reasons else
+               'not blessed', '; '.join(reasons))
+  return EvaluatorResult(not reasons, reasons, task_results, metrics_path)

@@ -1,0 +1,138 @@
+"""Evaluation metrics in NumPy: classification, AUC and per-impression ranking.
+
+Ranking ties are broken by the order of the examples, so a constant scorer
+gets the ranking of the input order, not a lucky one; AUC counts a tie as
+half a correct pair (the Mann-Whitney statistic).
+"""
+
+from typing import Dict, Hashable, Optional, Sequence
+
+import numpy as np
+
+
+def classification_metrics(y_true: Sequence[str],
+                           y_pred: Sequence[str]) -> Dict[str, float]:
+  """Accuracy and macro precision, recall and F1 over the labels seen.
+
+  The classes are the union of true and predicted labels, so a class that
+  is never predicted counts with precision 0 and recall 0.
+  """
+  y_true = np.asarray(y_true, dtype=object)
+  y_pred = np.asarray(y_pred, dtype=object)
+  if y_true.size == 0:
+    return {'accuracy': float('nan'), 'macro_precision': float('nan'),
+            'macro_recall': float('nan'), 'macro_f1': float('nan'),
+            'examples': 0}
+  classes = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+  precisions, recalls, f1s = [], [], []
+  for label in classes:
+    true_positive = np.sum((y_pred == label) & (y_true == label))
+    predicted = np.sum(y_pred == label)
+    actual = np.sum(y_true == label)
+    precision = true_positive / predicted if predicted else 0.0
+    recall = true_positive / actual if actual else 0.0
+    f1 = (2 * precision * recall / (precision + recall)
+          if precision + recall else 0.0)
+    precisions.append(precision)
+    recalls.append(recall)
+    f1s.append(f1)
+  return {
+      'accuracy': float(np.mean(y_true == y_pred)),
+      'macro_precision': float(np.mean(precisions)),
+      'macro_recall': float(np.mean(recalls)),
+      'macro_f1': float(np.mean(f1s)),
+      'examples': int(y_true.size),
+  }
+
+
+def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
+  """Area under the ROC curve; NaN when only one class is present."""
+  labels = np.asarray(labels, dtype=np.int64)
+  scores = np.asarray(scores, dtype=np.float64)
+  positives = int(np.sum(labels == 1))
+  negatives = int(labels.size - positives)
+  if positives == 0 or negatives == 0:
+    return float('nan')
+  ranks = _average_ranks(scores)
+  rank_sum = float(np.sum(ranks[labels == 1]))
+  return (rank_sum - positives * (positives + 1) / 2) / (positives *
+                                                         negatives)
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+  """1-based ranks, ties getting the mean of their ranks."""
+  order = np.argsort(values, kind='mergesort')
+  sorted_values = values[order]
+  ranks = np.empty(values.size, dtype=np.float64)
+  start = 0
+  while start < values.size:
+    end = start
+    while end + 1 < values.size and sorted_values[end + 1] == sorted_values[
+        start]:
+      end += 1
+    ranks[order[start:end + 1]] = (start + end) / 2 + 1
+    start = end + 1
+  return ranks
+
+
+def _ranked_labels(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+  order = np.lexsort((np.arange(scores.size), -scores))
+  return labels[order]
+
+
+def mrr(labels: np.ndarray, scores: np.ndarray) -> float:
+  """Mean reciprocal rank of the positives, as MIND computes it."""
+  ranked = _ranked_labels(labels, scores)
+  reciprocal = ranked / (np.arange(ranked.size) + 1)
+  return float(np.sum(reciprocal) / np.sum(ranked))
+
+
+def ndcg(labels: np.ndarray, scores: np.ndarray, k: int) -> float:
+  """nDCG@k with gains 2^label - 1, as MIND computes it."""
+  ranked = _ranked_labels(labels, scores)[:k]
+  ideal = np.sort(labels)[::-1][:k]
+  discounts = np.log2(np.arange(2, k + 2))
+  dcg = np.sum((2 ** ranked - 1) / discounts[:ranked.size])
+  ideal_dcg = np.sum((2 ** ideal - 1) / discounts[:ideal.size])
+  return float(dcg / ideal_dcg) if ideal_dcg > 0 else float('nan')
+
+
+def impression_metrics(groups: Sequence[Hashable], labels: Sequence[int],
+                       scores: Sequence[float]) -> Dict[str, float]:
+  """Per-impression AUC, MRR and nDCG@5/10, averaged over impressions.
+
+  Impressions without both a click and a non-click are skipped, as in MIND's
+  evaluation; `impressions` reports how many were averaged.
+  """
+  groups = np.asarray(groups, dtype=object)
+  labels = np.asarray(labels, dtype=np.int64)
+  scores = np.asarray(scores, dtype=np.float64)
+  order = np.argsort(groups, kind='mergesort')
+  results = {'group_auc': [], 'mrr': [], 'ndcg@5': [], 'ndcg@10': []}
+  boundaries = np.flatnonzero(groups[order][1:] != groups[order][:-1]) + 1
+  for indices in np.split(order, boundaries):
+    if indices.size == 0:
+      continue
+    indices = np.sort(indices)  # Keep the impression's display order.
+    group_labels, group_scores = labels[indices], scores[indices]
+    positives = int(np.sum(group_labels))
+    if positives == 0 or positives == group_labels.size:
+      continue
+    results['group_auc'].append(roc_auc(group_labels, group_scores))
+    results['mrr'].append(mrr(group_labels, group_scores))
+    results['ndcg@5'].append(ndcg(group_labels, group_scores, 5))
+    results['ndcg@10'].append(ndcg(group_labels, group_scores, 10))
+  summary = {name: float(np.mean(values)) if values else float('nan')
+             for name, values in results.items()}
+  summary['impressions'] = len(results['group_auc'])
+  return summary
+
+
+def binary_metrics(labels: Sequence[int], scores: Sequence[float],
+                   groups: Optional[Sequence[Hashable]] = None
+                   ) -> Dict[str, float]:
+  """Pooled AUC, plus per-impression metrics when groups are given."""
+  result = {'auc': roc_auc(labels, scores)}
+  if groups is not None:
+    result.update(impression_metrics(groups, labels, scores))
+  return result
