@@ -120,8 +120,12 @@ def _transform(runner, config, examples, schema, beam_args):
             'transformed_examples_dir': result.transformed_examples_dir,
             'counts': result.counts}
 
+  # The schema's content, not its execution: a rerun that reuses the first
+  # run's schema verbatim must not invalidate Transform and all after it.
+  schema_fingerprint = artifacts.fingerprint_files(
+      [schema.outputs['schema_path']])
   return runner.run('transform', {'examples': examples.fingerprint,
-                                  'schema': schema.fingerprint},
+                                  'schema': schema_fingerprint},
                     [config.features, config.text, config.tasks], execute)
 
 
@@ -147,7 +151,11 @@ def _evaluator(runner, config, examples, model, serving_dir):
   if served_dir:
     served_fingerprint = artifacts.fingerprint_files([served_dir])
     if served_fingerprint == artifacts.fingerprint_files([model_dir]):
-      # The candidate is already the served version: nothing to compare.
+      # The candidate is already the served version: the evaluation that
+      # blessed it stands, and there is nothing new to compare with.
+      reused = runner.reuse_by_input('evaluator', 'model', model.fingerprint)
+      if reused:
+        return reused
       served_dir, served_fingerprint = None, None
 
   def execute(output_dir):
@@ -174,6 +182,12 @@ def _pusher(runner, config, model, evaluation, serving_dir):
 
   inputs = {'model': model.fingerprint, 'evaluation': evaluation.fingerprint,
             'serving_dir': serving_dir}
+  served_dir = evaluator.latest_version_dir(serving_dir, config.model_name)
+  if served_dir and artifacts.fingerprint_files(
+      [served_dir]) == artifacts.fingerprint_files([model_dir]):
+    reused = runner.reuse_by_input('pusher', 'model', model.fingerprint)
+    if reused and reused.outputs.get('path') == served_dir:
+      return reused
   outcome = runner.run('pusher', inputs, [config.model_name], execute)
   pushed_path = outcome.outputs.get('path')
   if outcome.status == 'reused' and pushed_path and not os.path.isdir(

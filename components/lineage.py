@@ -95,6 +95,23 @@ class LineageStore:
         return _row_dict(row)
     return None
 
+  def find_complete_with_input(self, pipeline_name: str, component: str,
+                               key: str, value: Any
+                               ) -> Optional[Dict[str, Any]]:
+    """The newest complete execution whose recorded input `key` is `value`
+    and whose outputs still exist, or None."""
+    with self._connect() as connection:
+      rows = connection.execute(
+          'SELECT * FROM executions WHERE pipeline_name = ? AND component = ?'
+          ' AND status = ? ORDER BY id DESC',
+          (pipeline_name, component, COMPLETE)).fetchall()
+    for row in rows:
+      found = _row_dict(row)
+      if (found['inputs'].get(key) == value and found['output_dir'] and
+          os.path.isdir(found['output_dir'])):
+        return found
+    return None
+
   def latest_complete(self, pipeline_name: str, component: str,
                       exclude_run_id: str) -> Optional[Dict[str, Any]]:
     """The newest complete execution of a component in another run."""

@@ -129,6 +129,28 @@ class ComponentRunner:
     self.outcomes.append(outcome)
     return outcome
 
+  def reuse_by_input(self, component: str, key: str,
+                     value: Any) -> Optional[ComponentOutcome]:
+    """Reuse the newest complete execution that read input `key` = `value`.
+
+    Used when the candidate model is already the served version: the
+    evaluation that blessed it and the push that shipped it still stand.
+    """
+    if not self.enable_cache:
+      return None
+    cached = self.store.find_complete_with_input(self.pipeline_name,
+                                                 component, key, value)
+    if not cached:
+      return None
+    self.store.record_reuse(self.run_id, self.pipeline_name, component,
+                            cached)
+    logging.info('%s: the model is already served; reusing the outputs in '
+                 '%s', component, cached['output_dir'])
+    outcome = ComponentOutcome(component, 'reused', cached['output_dir'],
+                               cached['fingerprint'], cached['outputs'], 0.0)
+    self.outcomes.append(outcome)
+    return outcome
+
   def previous_outputs(self, component: str) -> Optional[Dict[str, Any]]:
     """Outputs of the component's latest complete execution in another run."""
     previous = self.store.latest_complete(self.pipeline_name, component,
