@@ -13,6 +13,20 @@ import tensorflow as tf
 from models import features
 
 
+def _example_losses(labels: tf.Tensor, probabilities: tf.Tensor,
+                    class_weights: Optional[tf.Tensor] = None):
+  """Per-example cross-entropy and weight; weight 0 where unlabelled."""
+  labels = tf.reshape(labels, [-1])
+  weights = tf.cast(labels >= 0, probabilities.dtype)
+  safe_labels = tf.where(labels >= 0, labels, tf.zeros_like(labels))
+  if class_weights is not None:
+    weights *= tf.gather(tf.cast(class_weights, probabilities.dtype),
+                         safe_labels)
+  losses = tf.keras.losses.sparse_categorical_crossentropy(
+      safe_labels, probabilities)
+  return losses, weights
+
+
 def masked_task_loss(labels: tf.Tensor, probabilities: tf.Tensor,
                      class_weights: Optional[tf.Tensor] = None) -> tf.Tensor:
   """Weighted mean cross-entropy over labelled examples; 0 when none is.
@@ -25,14 +39,7 @@ def masked_task_loss(labels: tf.Tensor, probabilities: tf.Tensor,
   Returns:
     A scalar loss.
   """
-  labels = tf.reshape(labels, [-1])
-  weights = tf.cast(labels >= 0, probabilities.dtype)
-  safe_labels = tf.where(labels >= 0, labels, tf.zeros_like(labels))
-  if class_weights is not None:
-    weights *= tf.gather(tf.cast(class_weights, probabilities.dtype),
-                         safe_labels)
-  losses = tf.keras.losses.sparse_categorical_crossentropy(
-      safe_labels, probabilities)
+  losses, weights = _example_losses(labels, probabilities, class_weights)
   return tf.math.divide_no_nan(tf.reduce_sum(losses * weights),
                                tf.reduce_sum(weights))
 
@@ -55,7 +62,8 @@ class MultiTaskModel(tf.keras.Model):
         task: tf.constant(weights, tf.float32)
         for task, weights in (class_weights or {}).items()
     }
-    self._loss_tracker = tf.keras.metrics.Mean(name='loss')
+    self._regularization_tracker = tf.keras.metrics.Mean(
+        name='regularization_loss')
     self._task_loss_trackers = {
         task: tf.keras.metrics.Mean(name=f'{task}_loss')
         for task in self.task_weights
@@ -67,11 +75,26 @@ class MultiTaskModel(tf.keras.Model):
 
   @property
   def metrics(self):
-    return ([self._loss_tracker] + list(self._task_loss_trackers.values()) +
+    return ([self._regularization_tracker] +
+            list(self._task_loss_trackers.values()) +
             list(self._task_accuracy.values()))
 
+  def _results(self) -> Dict[str, tf.Tensor]:
+    """Epoch metrics; `loss` is the summed loss over the whole epoch.
+
+    Each task's loss is averaged over all its labelled examples so far, not
+    over batches, so batches without a task's labels do not dilute it.
+    """
+    results = {m.name: m.result() for m in self.metrics}
+    results['loss'] = tf.add_n([
+        tf.constant(weight, tf.float32) *
+        self._task_loss_trackers[task].result()
+        for task, weight in self.task_weights.items()
+    ]) + self._regularization_tracker.result()
+    return results
+
   def _compute_task_losses(self, labels: Dict[str, tf.Tensor],
-              predictions: Dict[str, tf.Tensor]):
+                           predictions: Dict[str, tf.Tensor]):
     task_losses = {
         task: masked_task_loss(labels[task], predictions[task],
                                self.class_weights.get(task))
@@ -85,15 +108,16 @@ class MultiTaskModel(tf.keras.Model):
       total += tf.add_n(self.losses)
     return total, task_losses
 
-  def _update_metrics(self, total, task_losses, labels, predictions):
-    self._loss_tracker.update_state(total)
+  def _update_metrics(self, labels, predictions):
+    self._regularization_tracker.update_state(
+        tf.add_n(self.losses) if self.losses else 0.0)
     for task in self.task_weights:
       task_labels = tf.reshape(labels[task], [-1])
       mask = task_labels >= 0
-      # A batch without this task's labels must not count as a zero loss.
-      weight = tf.cast(tf.reduce_any(mask), tf.float32)
-      self._task_loss_trackers[task].update_state(task_losses[task],
-                                                  sample_weight=weight)
+      losses, weights = _example_losses(task_labels, predictions[task],
+                                        self.class_weights.get(task))
+      self._task_loss_trackers[task].update_state(losses,
+                                                  sample_weight=weights)
       correct = tf.cast(
           tf.equal(tf.argmax(predictions[task], axis=-1), task_labels),
           tf.float32)
@@ -104,18 +128,17 @@ class MultiTaskModel(tf.keras.Model):
     inputs, labels = data
     with tf.GradientTape() as tape:
       predictions = self(inputs, training=True)
-      total, task_losses = self._compute_task_losses(labels, predictions)
+      total, _ = self._compute_task_losses(labels, predictions)
     gradients = tape.gradient(total, self.trainable_variables)
     self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-    self._update_metrics(total, task_losses, labels, predictions)
-    return {m.name: m.result() for m in self.metrics}
+    self._update_metrics(labels, predictions)
+    return self._results()
 
   def test_step(self, data):
     inputs, labels = data
     predictions = self(inputs, training=False)
-    total, task_losses = self._compute_task_losses(labels, predictions)
-    self._update_metrics(total, task_losses, labels, predictions)
-    return {m.name: m.result() for m in self.metrics}
+    self._update_metrics(labels, predictions)
+    return self._results()
 
 
 def split_labels(batch: Dict[str, tf.Tensor], task_names):

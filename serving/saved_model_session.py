@@ -1,0 +1,60 @@
+"""Runs a SavedModel signature the way TensorFlow Serving does.
+
+TF Serving loads the MetaGraphDef tagged `serve` into a `tf.compat.v1`
+session and runs each request by feeding and fetching the tensor names that
+the signature def lists; no Python object of the exporting program is used.
+"""
+
+from typing import Dict, Mapping, Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  Registers the tf-text ops of the graph.
+
+
+class SavedModelSession:
+  """A loaded SavedModel and a session to run its signatures."""
+
+  def __init__(self, export_dir: str, tags=('serve',)):
+    self._graph = tf.Graph()
+    self._session = tf.compat.v1.Session(graph=self._graph)
+    with self._graph.as_default():
+      self.meta_graph = tf.compat.v1.saved_model.loader.load(
+          self._session, list(tags), export_dir)
+    self.signatures = dict(self.meta_graph.signature_def)
+
+  def run(self, inputs: Mapping[str, np.ndarray],
+          signature_name: str = 'serving_default',
+          output_keys: Optional[list] = None) -> Dict[str, np.ndarray]:
+    """Feed `inputs` by the signature's input names; return its outputs.
+
+    Raises:
+      KeyError: the signature, an input or an output key is unknown.
+    """
+    if signature_name not in self.signatures:
+      raise KeyError(f'Signature {signature_name!r} not found; the model has '
+                     f'{sorted(self.signatures)}.')
+    signature = self.signatures[signature_name]
+    missing = sorted(set(signature.inputs) - set(inputs))
+    unknown = sorted(set(inputs) - set(signature.inputs))
+    if missing or unknown:
+      raise KeyError(f'Signature {signature_name!r} expects inputs '
+                     f'{sorted(signature.inputs)}; missing {missing}, '
+                     f'unknown {unknown}.')
+    feed = {signature.inputs[name].name: value
+            for name, value in inputs.items()}
+    keys = sorted(output_keys or signature.outputs)
+    fetches = [signature.outputs[key].name for key in keys]
+    values = self._session.run(fetches, feed_dict=feed)
+    return dict(zip(keys, values))
+
+  def op_types(self) -> set:
+    """Every op type in the graph and its function library."""
+    graph_def = self.meta_graph.graph_def
+    types = {node.op for node in graph_def.node}
+    for function in graph_def.library.function:
+      types.update(node.op for node in function.node_def)
+    return types
+
+  def close(self) -> None:
+    self._session.close()

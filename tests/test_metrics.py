@@ -1,0 +1,65 @@
+"""Metric values against hand-computed references."""
+
+import math
+
+import numpy as np
+import pytest
+
+from components import metrics
+
+
+def test_classification_metrics_values():
+  result = metrics.classification_metrics(
+      ['a', 'a', 'a', 'b', 'b', 'c'], ['a', 'a', 'b', 'b', 'c', 'c'])
+  # a: P=1, R=2/3; b: P=1/2, R=1/2; c: P=1/2, R=1.
+  assert result['accuracy'] == pytest.approx(4 / 6)
+  assert result['macro_precision'] == pytest.approx((1 + 0.5 + 0.5) / 3)
+  assert result['macro_recall'] == pytest.approx((2 / 3 + 0.5 + 1) / 3)
+  f1s = [2 * 1 * (2 / 3) / (1 + 2 / 3), 0.5, 2 * 0.5 / 1.5]
+  assert result['macro_f1'] == pytest.approx(np.mean(f1s))
+
+
+def test_majority_predictor_macro_f1():
+  result = metrics.classification_metrics(['p'] * 8 + ['n'] * 2, ['p'] * 10)
+  assert result['macro_f1'] == pytest.approx((2 * 0.8 / 1.8) / 2)
+
+
+def test_auc_perfect_and_inverted():
+  assert metrics.roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+  assert metrics.roc_auc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
+
+
+def test_auc_counts_ties_as_half():
+  assert metrics.roc_auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+  # One positive above both negatives, one tied with one negative.
+  assert metrics.roc_auc([0, 0, 1, 1], [0.1, 0.5, 0.5, 0.9]) == pytest.approx(
+      (2 + 1.5) / 4)
+
+
+def test_auc_single_class_is_nan():
+  assert math.isnan(metrics.roc_auc([1, 1], [0.2, 0.3]))
+
+
+def test_mrr_and_ndcg_values():
+  labels = np.array([0, 1, 0, 1])
+  scores = np.array([0.9, 0.8, 0.1, 0.2])
+  # Ranking: 0.9(0), 0.8(1), 0.2(1), 0.1(0): positives at ranks 2 and 3.
+  assert metrics.mrr(labels, scores) == pytest.approx((1 / 2 + 1 / 3) / 2)
+  dcg = 1 / math.log2(3) + 1 / math.log2(4)
+  ideal = 1 / math.log2(2) + 1 / math.log2(3)
+  assert metrics.ndcg(labels, scores, 5) == pytest.approx(dcg / ideal)
+
+
+def test_ties_rank_in_input_order():
+  # A constant scorer ranks in display order: the click at position 3.
+  assert metrics.mrr(np.array([0, 0, 1]), np.zeros(3)) == pytest.approx(1 / 3)
+
+
+def test_impression_metrics_skip_one_class_groups():
+  result = metrics.impression_metrics(
+      groups=['i1', 'i1', 'i2', 'i2', 'i3'],
+      labels=[1, 0, 0, 1, 1],
+      scores=[0.9, 0.1, 0.8, 0.2, 0.5])
+  assert result['impressions'] == 2
+  assert result['group_auc'] == pytest.approx(0.5)
+  assert result['mrr'] == pytest.approx((1 + 0.5) / 2)
