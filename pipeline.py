@@ -151,8 +151,8 @@ def _evaluator(runner, config, examples, model, serving_dir):
   if served_dir:
     served_fingerprint = artifacts.fingerprint_files([served_dir])
     if served_fingerprint == artifacts.fingerprint_files([model_dir]):
-      # The candidate is already the served version: the evaluation that
-      # blessed it stands, and there is nothing new to compare with.
+      # The candidate is already the served version, so the evaluation that
+      # blessed it is still valid and there is nothing new to compare with.
       reused = runner.reuse_by_input('evaluator', 'model', model.fingerprint)
       if reused:
         return reused
@@ -261,7 +261,7 @@ def _task_summary(config: PipelineConfig, metrics: Dict[str, dict]):
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
-  """The per-task metrics table and where the model went, for a terminal."""
+  """Format the per-task metrics table and the push outcome for a terminal."""
   lines = [f'Run {summary["run_id"]} in {summary["run_dir"]}']
   for component in summary.get('components', []):
     lines.append(f'  {component["component"]:<18} {component["status"]:<7} '

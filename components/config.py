@@ -309,6 +309,7 @@ def _validate(config: PipelineConfig, source: str) -> None:
   _check(bool(config.features_of_type('text')) or
          bool([f for f in config.features if f.type != 'text']), source,
          'at least one feature is required.')
+
   _check(bool(config.tasks), source, 'at least one task is required.')
   task_names = [t.name for t in config.tasks]
   _check(len(task_names) == len(set(task_names)), source,
@@ -334,17 +335,21 @@ def _validate(config: PipelineConfig, source: str) -> None:
       _check(bool(task.group_key), source,
              f'task {task.name!r}: main_metric {task.main_metric} needs '
              '`group_key` (the impression id feature).')
+
   _check(config.model.trunk in TRUNKS, source,
          f'model.trunk must be one of {list(TRUNKS)}, got '
          f'{config.model.trunk!r}.')
+
   split = config.split
   _check(0 < split.eval_fraction < 1 and 0 <= split.validation_fraction < 1
          and split.eval_fraction + split.validation_fraction < 1, source,
          'split fractions must be in [0, 1) and leave room for train, got '
          f'validation_fraction={split.validation_fraction} '
          f'eval_fraction={split.eval_fraction}.')
+
   _check(config.text.cjk in ('characters', 'bigrams'), source,
          f'text.cjk must be characters or bigrams, got {config.text.cjk!r}.')
+
   sampling = config.trainer.negative_sampling
   if sampling is not None:
     _check(sampling.task in task_names, source,

@@ -2,9 +2,10 @@
 
 The candidate is scored through its exported `from_examples` signature on the
 raw eval examples, so the metrics describe the model that would be served.
-Each task is compared with a baseline computed in the same run (the majority
-class of train; for click tasks, the item's train-split click-through rate),
-and with the version currently served, scored on the same eval examples.
+Each task is compared with a baseline computed in the same run: the majority
+class of train, or for click tasks the item's train-split click-through rate.
+It is also compared with the version currently served, scored on the same
+eval examples.
 """
 
 import collections
@@ -131,21 +132,22 @@ def _baseline_metrics(task: TaskConfig, train: _EvalData, data: _EvalData,
 
 def _popularity_scores(task: TaskConfig, train: _EvalData,
                        data: _EvalData) -> np.ndarray:
-  """Each example's item click-through rate on train, smoothed to the mean."""
+  """Score each example by its item's train click-through rate, smoothed."""
   key = task.popularity_key
-  shown, clicked = collections.Counter(), collections.Counter()
+  impressions, clicked = collections.Counter(), collections.Counter()
   for item, label in zip(train.values.get(key, []), train.values[task.label]):
     if label == '':
       continue
-    shown[item] += 1
+    impressions[item] += 1
     clicked[item] += int(label == task.positive_class)
-  total_shown = sum(shown.values())
-  global_rate = sum(clicked.values()) / total_shown if total_shown else 0.0
+  total_impressions = sum(impressions.values())
+  global_rate = (sum(clicked.values()) / total_impressions
+                 if total_impressions else 0.0)
   if key is None:
     return np.full(len(data.serialized), global_rate)
   prior = POPULARITY_PRIOR_IMPRESSIONS
   return np.array([
-      (clicked[item] + prior * global_rate) / (shown[item] + prior)
+      (clicked[item] + prior * global_rate) / (impressions[item] + prior)
       for item in data.values[key]
   ])
 

@@ -2,7 +2,7 @@
 
 A small SQLite database under the pipeline root (ml-metadata has no build for
 this Python beside current protobuf). Each execution is keyed by a
-fingerprint of its inputs, config sections and code; a later execution with
+fingerprint of its inputs, config sections and code. A later execution with
 the same fingerprint reuses the stored outputs instead of running again.
 """
 
@@ -83,8 +83,11 @@ class LineageStore:
 
   def find_complete(self, pipeline_name: str, component: str,
                     fingerprint: str) -> Optional[Dict[str, Any]]:
-    """The newest complete execution with this fingerprint whose outputs
-    still exist on disk, or None."""
+    """Return the newest complete execution with this fingerprint.
+
+    Executions whose output folder was deleted are skipped; None if none is
+    left.
+    """
     with self._connect() as connection:
       rows = connection.execute(
           'SELECT * FROM executions WHERE pipeline_name = ? AND component = ?'
@@ -98,8 +101,11 @@ class LineageStore:
   def find_complete_with_input(self, pipeline_name: str, component: str,
                                key: str, value: Any
                                ) -> Optional[Dict[str, Any]]:
-    """The newest complete execution whose recorded input `key` is `value`
-    and whose outputs still exist, or None."""
+    """Return the newest complete execution that read input `key` = `value`.
+
+    Executions whose output folder was deleted are skipped; None if none is
+    left.
+    """
     with self._connect() as connection:
       rows = connection.execute(
           'SELECT * FROM executions WHERE pipeline_name = ? AND component = ?'
@@ -114,7 +120,7 @@ class LineageStore:
 
   def latest_complete(self, pipeline_name: str, component: str,
                       exclude_run_id: str) -> Optional[Dict[str, Any]]:
-    """The newest complete execution of a component in another run."""
+    """Return the newest complete execution of a component in another run."""
     with self._connect() as connection:
       row = connection.execute(
           'SELECT * FROM executions WHERE pipeline_name = ? AND component = ?'

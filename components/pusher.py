@@ -2,8 +2,8 @@
 
 The layout is TensorFlow Serving's: `<serving_dir>/<model_name>/<version>/`.
 The model is first copied to a hidden folder beside the versions, then
-renamed into place, so a server polling the folder never sees half a model;
-a failed copy leaves the served versions untouched.
+renamed into place, so a server polling the folder never loads half a model.
+A failed copy leaves the served versions untouched.
 """
 
 import json

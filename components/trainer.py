@@ -30,7 +30,7 @@ SHUFFLE_BUFFER = 100_000
 
 
 class TrainerResult(NamedTuple):
-  """What the Trainer wrote."""
+  """Paths and training history written by the Trainer."""
   serving_model_dir: str
   history: Dict[str, list]
   best_epoch: int
@@ -48,7 +48,7 @@ def _optimizer(config: PipelineConfig) -> tf.keras.optimizers.Optimizer:
 
 
 def _negative_sampler(config: PipelineConfig):
-  """A filter keeping each negative of the sampled task with a fixed chance.
+  """Build a filter that keeps each negative of a task with a fixed chance.
 
   The draw depends only on the seed and the example's position, so the same
   negatives are kept in every epoch and every run.

@@ -37,7 +37,7 @@ def num_classes(config: PipelineConfig, tft_output: tft.TFTransformOutput,
 
 def class_names(config: PipelineConfig, tft_output: tft.TFTransformOutput,
                 task_name: str) -> List[str]:
-  """The label strings of a task, in class-id order."""
+  """Return the label strings of a task, in class-id order."""
   task = config.task(task_name)
   if task.classes:
     return list(task.classes)

@@ -45,7 +45,7 @@ def masked_task_loss(labels: tf.Tensor, probabilities: tf.Tensor,
 
 
 class MultiTaskModel(tf.keras.Model):
-  """A functional model whose fit() minimizes the weighted masked losses.
+  """Functional model whose fit() minimizes the weighted masked losses.
 
   Construct it like `tf.keras.Model(inputs, outputs)` with `outputs` a dict
   from task name to class probabilities, plus `task_weights` (alpha per

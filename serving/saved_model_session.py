@@ -1,8 +1,8 @@
 """Runs a SavedModel signature the way TensorFlow Serving does.
 
 TF Serving loads the MetaGraphDef tagged `serve` into a `tf.compat.v1`
-session and runs each request by feeding and fetching the tensor names that
-the signature def lists; no Python object of the exporting program is used.
+session. It runs each request by feeding and fetching the tensor names that
+the signature def lists, so no Python object of the exporting program is used.
 """
 
 from typing import Dict, Mapping, Optional

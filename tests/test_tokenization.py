@@ -89,7 +89,7 @@ def _write_topics(path):
   topics = [('sports', CHINESE_SPORTS + JAPANESE_SPORTS),
             ('finance', CHINESE_FINANCE + JAPANESE_FINANCE)]
   # Each sentence appears several times with a distinct id, so every split
-  # holds both topics in both languages.
+  # contains both topics in both languages.
   for copy in range(4):
     for topic, sentences in topics:
       for index, sentence in enumerate(sentences):
