@@ -3,6 +3,11 @@
   python pipeline.py run --config configs/mind.yaml --data-dir DIR \\
       --pipeline-root runs --serving-dir serving_models --output-json out.json
 
+or predict a file of rows with a pushed model (batch inference on Beam):
+
+  python pipeline.py infer --model-dir serving_models/mind/1 \\
+      --input rows.jsonl --output predictions.jsonl
+
 Flags this program does not know are Beam pipeline options and pass through
 unchanged (`--runner`, `--direct_num_workers`, `--direct_running_mode`,
 `--project`, `--region`, `--temp_location`, `--setup_file`, ...).
@@ -146,6 +151,7 @@ def _trainer(runner, config, examples, transformed):
 
 def _evaluator(runner, config, examples, model, serving_dir):
   model_dir = model.outputs['model_dir']
+  evaluator_sections = [config.evaluator, config.tasks]
   served_dir = evaluator.latest_version_dir(serving_dir, config.model_name)
   served_fingerprint = None
   if served_dir:
@@ -153,7 +159,9 @@ def _evaluator(runner, config, examples, model, serving_dir):
     if served_fingerprint == artifacts.fingerprint_files([model_dir]):
       # The candidate is already the served version, so the evaluation that
       # blessed it is still valid and there is nothing new to compare with.
-      reused = runner.reuse_by_input('evaluator', 'model', model.fingerprint)
+      reused = runner.reuse_by_input(
+          'evaluator', 'model', model.fingerprint, evaluator_sections,
+          lambda outputs: outputs.get('blessed') is True)
       if reused:
         return reused
       served_dir, served_fingerprint = None, None
@@ -168,7 +176,7 @@ def _evaluator(runner, config, examples, model, serving_dir):
   return runner.run('evaluator', {'examples': examples.fingerprint,
                                   'model': model.fingerprint,
                                   'served_model': served_fingerprint},
-                    [config.evaluator, config.tasks], execute)
+                    evaluator_sections, execute)
 
 
 def _pusher(runner, config, model, evaluation, serving_dir):
@@ -185,8 +193,10 @@ def _pusher(runner, config, model, evaluation, serving_dir):
   served_dir = evaluator.latest_version_dir(serving_dir, config.model_name)
   if served_dir and artifacts.fingerprint_files(
       [served_dir]) == artifacts.fingerprint_files([model_dir]):
-    reused = runner.reuse_by_input('pusher', 'model', model.fingerprint)
-    if reused and reused.outputs.get('path') == served_dir:
+    reused = runner.reuse_by_input(
+        'pusher', 'model', model.fingerprint, [config.model_name],
+        lambda outputs: outputs.get('path') == served_dir)
+    if reused:
       return reused
   outcome = runner.run('pusher', inputs, [config.model_name], execute)
   pushed_path = outcome.outputs.get('path')
@@ -310,13 +320,55 @@ def _parse_args(argv: Optional[List[str]]):
   run.add_argument('--no-cache', action='store_true',
                    help='Run every component even if a cached execution '
                    'matches.')
+  _add_infer_parser(commands)
   return parser.parse_known_args(argv)
+
+
+def _add_infer_parser(commands) -> None:
+  infer = commands.add_parser(
+      'infer', help='Predict every row of a file with a pushed model (Beam '
+      'RunInference).')
+  infer.add_argument('--model-dir', required=True,
+                     help='A pushed version folder, '
+                     '<serving_dir>/<model_name>/<version>.')
+  infer.add_argument('--input', required=True,
+                     help='Input file or glob: CSV or JSON Lines rows of raw '
+                     'features, or TFRecords of serialized tf.Example.')
+  infer.add_argument('--output', required=True,
+                     help='Predictions file (JSON Lines); rejected rows go '
+                     'to <output without .jsonl>.rejected.jsonl.')
+  infer.add_argument('--format', default=None,
+                     choices=('csv', 'jsonl', 'tfrecord'),
+                     help='Input format (default: from the file name).')
+  infer.add_argument('--batch-size', type=int, default=256,
+                     help='Maximum rows per model call (default %(default)s).')
+
+
+def _infer(args, beam_args: List[str]) -> int:
+  """Run batch inference; exit status 1 if no row got a prediction."""
+  # Imported here so that `run` does not load the serving code.
+  from serving import batch_inference  # pylint: disable=g-import-not-at-top
+  try:
+    counts = batch_inference.run_batch_inference(
+        args.model_dir, args.input, args.output, args.format, beam_args,
+        args.batch_size)
+  except (FileNotFoundError, KeyError, ValueError) as e:
+    # KeyError's str() quotes its message.
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f'error: {message}', file=sys.stderr)
+    return 2
+  print(f'{counts.rows} rows: {counts.predicted} predictions in '
+        f'{counts.output_path}, {counts.rejected} rejected in '
+        f'{counts.rejected_path}')
+  return 0 if counts.predicted or not counts.rows else 1
 
 
 def main(argv: Optional[List[str]] = None) -> int:
   logging.basicConfig(level=logging.INFO,
                       format='%(asctime)s %(levelname)s %(message)s')
   args, beam_args = _parse_args(argv)
+  if args.command == 'infer':
+    return _infer(args, beam_args)
   try:
     config = load_config(args.config)
   except ConfigError as e:

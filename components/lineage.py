@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -98,25 +98,26 @@ class LineageStore:
         return _row_dict(row)
     return None
 
-  def find_complete_with_input(self, pipeline_name: str, component: str,
-                               key: str, value: Any
-                               ) -> Optional[Dict[str, Any]]:
-    """Return the newest complete execution that read input `key` = `value`.
+  def find_complete_with_inputs(self, pipeline_name: str, component: str,
+                                required: Dict[str, Any]
+                                ) -> List[Dict[str, Any]]:
+    """Return complete executions whose inputs include `required`.
 
-    Executions whose output folder was deleted are skipped; None if none is
-    left.
+    Newest first; executions whose output folder was deleted are skipped.
     """
     with self._connect() as connection:
       rows = connection.execute(
           'SELECT * FROM executions WHERE pipeline_name = ? AND component = ?'
           ' AND status = ? ORDER BY id DESC',
           (pipeline_name, component, COMPLETE)).fetchall()
+    found = []
     for row in rows:
-      found = _row_dict(row)
-      if (found['inputs'].get(key) == value and found['output_dir'] and
-          os.path.isdir(found['output_dir'])):
-        return found
-    return None
+      execution = _row_dict(row)
+      if (all(execution['inputs'].get(k) == v for k, v in required.items())
+          and execution['output_dir'] and
+          os.path.isdir(execution['output_dir'])):
+        found.append(execution)
+    return found
 
   def latest_complete(self, pipeline_name: str, component: str,
                       exclude_run_id: str) -> Optional[Dict[str, Any]]:

@@ -49,6 +49,16 @@ def code_fingerprint(component: str) -> str:
   return digest.hexdigest()
 
 
+# The input under which each execution records its code and config key.
+CONFIG_KEY = 'code_and_config'
+
+
+def config_key(component: str, config_sections: Sequence[Any]) -> str:
+  """Fingerprint of a component's code and the config values it reads."""
+  return combine_fingerprints(component, code_fingerprint(component),
+                              list(config_sections))
+
+
 def combine_fingerprints(*parts: Any) -> str:
   blob = json.dumps(parts, sort_keys=True, default=str)
   return hashlib.sha256(blob.encode('utf-8')).hexdigest()
@@ -92,8 +102,8 @@ class ComponentRunner:
     Returns:
       The outcome, with the outputs of this or the reused execution.
     """
-    fingerprint = combine_fingerprints(component, code_fingerprint(component),
-                                       inputs, list(config_sections))
+    inputs = {**inputs, CONFIG_KEY: config_key(component, config_sections)}
+    fingerprint = combine_fingerprints(component, inputs)
     cached = (self.store.find_complete(self.pipeline_name, component,
                                        fingerprint)
               if self.enable_cache else None)
@@ -129,27 +139,34 @@ class ComponentRunner:
     self.outcomes.append(outcome)
     return outcome
 
-  def reuse_by_input(self, component: str, key: str,
-                     value: Any) -> Optional[ComponentOutcome]:
+  def reuse_by_input(self, component: str, key: str, value: Any,
+                     config_sections: Sequence[Any],
+                     accept: Callable[[Dict[str, Any]], bool]
+                     ) -> Optional[ComponentOutcome]:
     """Reuse the newest complete execution that read input `key` = `value`.
 
-    Used when the candidate model is already the served version: the
-    evaluation that blessed it and the push that shipped it still stand.
+    Only executions with the same code and config, whose outputs `accept`
+    takes, qualify. Used when the candidate model is already the served
+    version: the evaluation that blessed it and the push that shipped it
+    are still valid.
     """
     if not self.enable_cache:
       return None
-    cached = self.store.find_complete_with_input(self.pipeline_name,
-                                                 component, key, value)
-    if not cached:
-      return None
-    self.store.record_reuse(self.run_id, self.pipeline_name, component,
-                            cached)
-    logging.info('%s: the model is already served; reusing the outputs in '
-                 '%s', component, cached['output_dir'])
-    outcome = ComponentOutcome(component, 'reused', cached['output_dir'],
-                               cached['fingerprint'], cached['outputs'], 0.0)
-    self.outcomes.append(outcome)
-    return outcome
+    required = {key: value, CONFIG_KEY: config_key(component, config_sections)}
+    for cached in self.store.find_complete_with_inputs(
+        self.pipeline_name, component, required):
+      if not accept(cached['outputs']):
+        continue
+      self.store.record_reuse(self.run_id, self.pipeline_name, component,
+                              cached)
+      logging.info('%s: the model is already served; reusing the outputs '
+                   'in %s', component, cached['output_dir'])
+      outcome = ComponentOutcome(component, 'reused', cached['output_dir'],
+                                 cached['fingerprint'], cached['outputs'],
+                                 0.0)
+      self.outcomes.append(outcome)
+      return outcome
+    return None
 
   def previous_outputs(self, component: str) -> Optional[Dict[str, Any]]:
     """Outputs of the component's latest complete execution in another run."""

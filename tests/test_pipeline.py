@@ -461,11 +461,6 @@ def test_rerun_reuses_components(amazon_run):
       f'push {summary["push"]}')
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'pipeline._evaluator reuses the newest evaluation that read the model, '
-    'even one made with another evaluator config against another served '
-    'version, and _pusher lists a reused pusher outcome that it then '
-    'discards, so the summary shows pusher twice'))
 def test_served_rerun_keeps_blessing(amazon_run, tmp_path):
   name = amazon_run.config.model_name
   pipeline_root = _copy_lineage(amazon_run, str(tmp_path / 'pipeline_root'))

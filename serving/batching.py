@@ -1,0 +1,342 @@
+"""Batches concurrent predict requests into one session run.
+
+Requests for the same model version and signature, with the same inputs,
+dtypes and output keys, wait in one queue. A batch closes when it holds
+`max_batch_size` examples or `batch_timeout_micros` after its first request
+arrived. The inputs are concatenated along the batch dimension (rank-2
+string inputs, such as id lists padded with '', are padded to a common
+width with b''), the signature runs once, and each request gets its rows of
+every output back. Requests with an unbatched input (a scalar such as K)
+run on their own.
+"""
+
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import threading
+import time
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import grpc
+import numpy as np
+from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pool
+from google.protobuf import message_factory
+from google.protobuf import text_format
+
+from serving import tensor_codec
+from serving.model_manager import ServableVersion
+from serving.monitoring import ServerMetrics
+from serving.tensor_codec import ServingError
+
+# Seconds a queue without requests keeps its thread before it exits.
+_QUEUE_IDLE_SECONDS = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchingParameters:
+  """The `BatchingParameters` fields this server uses, with TF Serving's defaults."""
+  max_batch_size: int = 1000
+  batch_timeout_micros: int = 0
+  max_enqueued_batches: int = 10
+  num_batch_threads: int = os.cpu_count() or 1
+
+
+def _batching_parameters_class():
+  """`BatchingParameters`, from TF Serving's protos or declared here.
+
+  tensorflow-serving-api 2.19 ships no `session_bundle_config_pb2`, so the
+  fields this server reads are declared with TF Serving's names and types
+  (`google.protobuf.Int64Value` wrappers, written `{ value: N }`). Other
+  fields of a TF Serving batching file are skipped with a warning.
+  """
+  try:
+    # pylint: disable=g-import-not-at-top
+    from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2
+    return session_bundle_config_pb2.BatchingParameters
+  except ImportError:
+    pass
+  # pylint: disable=g-import-not-at-top,unused-import
+  from google.protobuf import wrappers_pb2  # noqa: F401  Adds Int64Value.
+  pool = descriptor_pool.Default()
+  try:
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName('mtlrec.serving.BatchingParameters'))
+  except KeyError:
+    pass
+  file_proto = descriptor_pb2.FileDescriptorProto(
+      name='mtlrec/batching_parameters.proto', package='mtlrec.serving',
+      syntax='proto3', dependency=['google/protobuf/wrappers.proto'])
+  message = file_proto.message_type.add(name='BatchingParameters')
+  for number, name in enumerate(['max_batch_size', 'batch_timeout_micros',
+                                 'max_enqueued_batches',
+                                 'num_batch_threads'], start=1):
+    message.field.add(name=name, number=number, label=1, type=11,
+                      type_name='.google.protobuf.Int64Value')
+  pool.Add(file_proto)
+  return message_factory.GetMessageClass(
+      pool.FindMessageTypeByName('mtlrec.serving.BatchingParameters'))
+
+
+def load_batching_parameters(path: Optional[str]) -> BatchingParameters:
+  """Read `--batching_parameters_file`; TF Serving's defaults without one.
+
+  Raises:
+    ValueError: the file does not parse or sets a value below 1.
+  """
+  if not path:
+    return BatchingParameters()
+  with open(path, encoding='utf-8') as f:
+    text = f.read()
+  proto = _batching_parameters_class()()
+  try:
+    text_format.Parse(text, proto, allow_unknown_field=True)
+  except text_format.ParseError as e:
+    raise ValueError(f'Invalid BatchingParameters text proto in {path}: {e}. '
+                     'Expected e.g. max_batch_size { value: 32 }.') from e
+  values = {}
+  for field in dataclasses.fields(BatchingParameters):
+    if proto.HasField(field.name):
+      values[field.name] = getattr(proto, field.name).value
+  minimum = {'batch_timeout_micros': 0}
+  for name, value in values.items():
+    if value < minimum.get(name, 1):
+      raise ValueError(f'{name} is {value} in {path}; it must be at least '
+                       f'{minimum.get(name, 1)}.')
+  parameters = BatchingParameters(**values)
+  logging.info('Batching parameters from %s: %s', path, parameters)
+  return parameters
+
+
+def pad_to_width(arrays: List[np.ndarray]) -> List[np.ndarray]:
+  """Pad rank-2 string arrays with b'' to the widest one's width."""
+  width = max(array.shape[1] for array in arrays)
+  padded = []
+  for array in arrays:
+    if array.shape[1] < width:
+      filler = np.full((array.shape[0], width - array.shape[1]), b'',
+                       dtype=object)
+      array = np.concatenate([array, filler], axis=1)
+    padded.append(array)
+  return padded
+
+
+def concatenate_inputs(requests: List[Mapping[str, np.ndarray]]
+                       ) -> Dict[str, np.ndarray]:
+  """One input dict with every request's rows, in request order."""
+  merged = {}
+  for name in requests[0]:
+    arrays = [request[name] for request in requests]
+    if arrays[0].dtype == object and arrays[0].ndim == 2:
+      arrays = pad_to_width(arrays)
+    merged[name] = np.concatenate(arrays, axis=0)
+  return merged
+
+
+def split_outputs(outputs: Mapping[str, np.ndarray],
+                  sizes: List[int]) -> List[Dict[str, np.ndarray]]:
+  """Each request's rows of every output, by the requests' batch sizes."""
+  total = sum(sizes)
+  for name, array in outputs.items():
+    if array.ndim == 0 or array.shape[0] != total:
+      raise ServingError(
+          grpc.StatusCode.INTERNAL,
+          f'Output {name!r} has shape {list(array.shape)}, not a batch of '
+          f'{total}, so a batch cannot be split; turn batching off for this '
+          'model.')
+  bounds = np.cumsum([0] + sizes)
+  return [{name: array[start:end] for name, array in outputs.items()}
+          for start, end in zip(bounds[:-1], bounds[1:])]
+
+
+class _Task:
+  """One request waiting in a queue, and its result once the batch ran."""
+
+  def __init__(self, inputs: Dict[str, np.ndarray], size: int):
+    self.inputs = inputs
+    self.size = size
+    self.enqueued = time.monotonic()
+    self.done = threading.Event()
+    self.outputs: Optional[Dict[str, np.ndarray]] = None
+    self.error: Optional[BaseException] = None
+
+
+class _BatchQueue:
+  """Requests compatible with one another, and the thread that batches them."""
+
+  def __init__(self, scheduler: 'BatchScheduler', key: Tuple,
+               servable: ServableVersion, signature_name: str,
+               output_keys: Optional[List[str]]):
+    self.key = key
+    self._scheduler = scheduler
+    self._servable = servable
+    self._signature_name = signature_name
+    self._output_keys = output_keys
+    self._condition = threading.Condition()
+    self._pending: List[_Task] = []
+    self._pending_size = 0
+    self.closed = False
+    self._thread = threading.Thread(target=self._loop, daemon=True,
+                                    name=f'batch-{servable.name}-'
+                                    f'{servable.version}')
+    self._thread.start()
+
+  def put(self, task: _Task, max_enqueued: int) -> bool:
+    """Enqueue `task`; False when the queue is closed or full."""
+    with self._condition:
+      if self.closed:
+        return False
+      if self._pending_size + task.size > max_enqueued:
+        raise ServingError(
+            grpc.StatusCode.UNAVAILABLE,
+            f'The batching queue of model {self._servable.name!r} is full '
+            f'({self._pending_size} examples waiting); retry later or raise '
+            'max_enqueued_batches.')
+      self._pending.append(task)
+      self._pending_size += task.size
+      self._condition.notify()
+    return True
+
+  def _take_batch(self) -> Optional[List[_Task]]:
+    """Wait for a full or timed-out batch; None when idle long enough."""
+    parameters = self._scheduler.parameters
+    timeout = parameters.batch_timeout_micros / 1e6
+    with self._condition:
+      while not self._pending:
+        if not self._condition.wait(_QUEUE_IDLE_SECONDS) and not self._pending:
+          if self._scheduler.retire_queue(self):
+            return None
+      deadline = self._pending[0].enqueued + timeout
+      while self._pending_size < parameters.max_batch_size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+          break
+        self._condition.wait(remaining)
+      batch, size = [], 0
+      while self._pending and (
+          size + self._pending[0].size <= parameters.max_batch_size):
+        task = self._pending.pop(0)
+        batch.append(task)
+        size += task.size
+      self._pending_size -= size
+      return batch
+
+  def _loop(self) -> None:
+    while True:
+      batch = self._take_batch()
+      if batch is None:
+        return
+      self._scheduler.executor.submit(self._run_batch, batch)
+
+  def close_if_idle(self) -> bool:
+    with self._condition:
+      if self._pending:
+        return False
+      self.closed = True
+      return True
+
+  def _run_batch(self, batch: List[_Task]) -> None:
+    try:
+      inputs = concatenate_inputs([task.inputs for task in batch])
+      outputs = self._servable.run(self._signature_name, inputs,
+                                   self._output_keys)
+      self._scheduler.metrics.batch_size.observe(
+          {'model_name': self._servable.name},
+          sum(task.size for task in batch))
+      for task, task_outputs in zip(
+          batch, split_outputs(outputs, [task.size for task in batch])):
+        task.outputs = task_outputs
+    except Exception as e:  # pylint: disable=broad-except
+      # Every caller in the batch gets the error; the callers log it.
+      for task in batch:
+        task.error = e
+    finally:
+      for task in batch:
+        task.done.set()
+
+
+class BatchScheduler:
+  """Routes predict calls into per-servable batching queues."""
+
+  def __init__(self, parameters: BatchingParameters,
+               metrics: Optional[ServerMetrics] = None):
+    self.parameters = parameters
+    self.metrics = metrics or ServerMetrics()
+    self.executor = concurrent.futures.ThreadPoolExecutor(
+        max_workers=parameters.num_batch_threads,
+        thread_name_prefix='batch-run')
+    self._lock = threading.Lock()
+    self._queues: Dict[Tuple, _BatchQueue] = {}
+
+  @staticmethod
+  def _batch_size(signature, inputs: Mapping[str, np.ndarray]
+                  ) -> Optional[int]:
+    """The requests' batch size, or None when it cannot be batched."""
+    sizes = set()
+    for name, array in inputs.items():
+      if not tensor_codec.is_batched(signature.inputs[name]) or not array.ndim:
+        return None
+      sizes.add(array.shape[0])
+    return sizes.pop() if len(sizes) == 1 else None
+
+  @staticmethod
+  def _queue_key(servable, signature_name, inputs, output_keys) -> Tuple:
+    shapes = []
+    for name, array in sorted(inputs.items()):
+      # String id lists of any width share a queue; they are padded.
+      trailing = ('padded',) if (
+          array.dtype == object and array.ndim == 2) else array.shape[1:]
+      shapes.append((name, array.dtype.str, trailing))
+    return (id(servable), signature_name, tuple(output_keys or ()),
+            tuple(shapes))
+
+  def run(self, servable: ServableVersion, signature_name: str,
+          inputs: Dict[str, np.ndarray],
+          output_keys: Optional[List[str]] = None) -> Dict[str, np.ndarray]:
+    """Run `inputs` on the servable inside a batch, and return its outputs.
+
+    Raises:
+      ServingError: INVALID_ARGUMENT when the request is bigger than
+        max_batch_size, UNAVAILABLE when the queue is full, or the
+        session's error.
+    """
+    signature = servable.signature(signature_name)
+    size = self._batch_size(signature, inputs)
+    if size is None or size == 0:
+      return servable.run(signature_name, inputs, output_keys)
+    if size > self.parameters.max_batch_size:
+      raise tensor_codec.invalid_argument(
+          f'The request has {size} examples, more than max_batch_size '
+          f'{self.parameters.max_batch_size}; split it into smaller '
+          'requests.')
+    task = _Task(inputs, size)
+    key = self._queue_key(servable, signature_name, inputs, output_keys)
+    max_enqueued = (self.parameters.max_enqueued_batches *
+                    self.parameters.max_batch_size)
+    while True:
+      with self._lock:
+        queue = self._queues.get(key)
+        if queue is None or queue.closed:
+          queue = _BatchQueue(self, key, servable, signature_name,
+                              output_keys)
+          self._queues[key] = queue
+      # A queue that closed between lookup and put is replaced next round.
+      if queue.put(task, max_enqueued):
+        break
+    task.done.wait()
+    if task.error is not None:
+      raise task.error
+    return task.outputs
+
+  def retire_queue(self, queue: _BatchQueue) -> bool:
+    """Drop an idle queue so that an unloaded version's queue goes away."""
+    with self._lock:
+      if not queue.close_if_idle():
+        return False
+      if self._queues.get(queue.key) is queue:
+        del self._queues[queue.key]
+      return True
+
+  def stop(self) -> None:
+    self.executor.shutdown(wait=True)

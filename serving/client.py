@@ -1,0 +1,679 @@
+"""REST and gRPC clients for TensorFlow Serving, and a command line over them.
+
+Both clients speak TF Serving's own wire formats, so they work unchanged
+against `tensorflow_model_server` and against the local server in this
+package:
+
+  REST: `POST /v1/models/<name>[/versions/<v>]:predict` with the columnar
+        `inputs` format; strings that are not valid UTF-8 travel as
+        `{"b64": ...}`. `GET /v1/models/<name>[...]` and `.../metadata`.
+  gRPC: `PredictionService.Predict` with `tf.make_tensor_proto` tensors,
+        `PredictionService.GetModelMetadata`, `ModelService.GetModelStatus`.
+
+`predict` takes a dict of lists (one entry per request row) and returns a
+dict of numpy arrays; string outputs come back as `bytes` from both clients.
+Ragged string lists (an id history) are padded with '' to a rectangle, the
+padding the model's `serving_default` signature expects.
+
+  python -m serving.client predict --model amazon_fine_food \\
+      --text "Great coffee" --summary "Love it" --rest http://127.0.0.1:8501
+"""
+
+import os
+
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+# pylint: disable=wrong-import-position
+import argparse
+import base64
+import json
+import logging
+import random
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from google.protobuf import json_format
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2
+from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import model_service_pb2_grpc
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+DEFAULT_GRPC_TARGET = '127.0.0.1:8500'
+DEFAULT_REST_URL = 'http://127.0.0.1:8501'
+DEFAULT_SIGNATURE = 'serving_default'
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_MAX_ATTEMPTS = 4
+# 100 ms, 200 ms, 400 ms (with jitter): long enough for a restarting server
+# to open its port, short enough that a caller notices a dead one quickly.
+DEFAULT_BACKOFF_S = 0.1
+MAX_BACKOFF_S = 2.0
+# TF Serving's gRPC default receive limit is 4 MiB; batch requests of long
+# texts exceed it, and the server raises its own limit the same way.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# HTTP status -> canonical error code, the mapping TF Serving's REST handler
+# applies in reverse. 400 covers INVALID_ARGUMENT, FAILED_PRECONDITION and
+# OUT_OF_RANGE; it is reported as INVALID_ARGUMENT.
+_HTTP_TO_CODE = {
+    400: 'INVALID_ARGUMENT', 401: 'UNAUTHENTICATED', 403: 'PERMISSION_DENIED',
+    404: 'NOT_FOUND', 409: 'ABORTED', 429: 'RESOURCE_EXHAUSTED',
+    499: 'CANCELLED', 500: 'INTERNAL', 501: 'UNIMPLEMENTED',
+    503: 'UNAVAILABLE', 504: 'DEADLINE_EXCEEDED',
+}
+
+
+class ServingError(Exception):
+  """A request the model server rejected or could not serve.
+
+  Attributes:
+    code: the canonical error code name, e.g. 'NOT_FOUND', 'UNAVAILABLE'.
+    message: the server's error message, or the transport error.
+    target: the server address the request went to.
+  """
+
+  def __init__(self, code: str, message: str, target: str = ''):
+    self.code = code
+    self.message = message
+    self.target = target
+    where = f' from {target}' if target else ''
+    super().__init__(f'{code}{where}: {message}')
+
+
+# ----------------------------------------------------------------------------
+# Request tensors
+# ----------------------------------------------------------------------------
+
+
+def _is_sequence(value: Any) -> bool:
+  return isinstance(value, (list, tuple, np.ndarray))
+
+
+def pad_rows(rows: Sequence[Any], pad_value: Any = '') -> List[Any]:
+  """Pad a list of lists with `pad_value` to the longest row.
+
+  Rows that are not lists are returned unchanged, so a plain column passes
+  through. A mix of lists and scalars raises ValueError.
+  """
+  rows = list(rows)
+  nested = [_is_sequence(row) for row in rows]
+  if not any(nested):
+    return rows
+  if not all(nested):
+    raise ValueError('A feature mixes lists and single values across rows; '
+                     'send every row as a list (an id history) or none.')
+  width = max((len(row) for row in rows), default=0)
+  return [list(row) + [pad_value] * (width - len(row)) for row in rows]
+
+
+def _to_bytes(value: Any) -> bytes:
+  if isinstance(value, bytes):
+    return value
+  if isinstance(value, str):
+    return value.encode('utf-8')
+  raise TypeError(f'Expected a string, got {type(value).__name__} {value!r}.')
+
+
+def to_numpy(values: Sequence[Any], dtype: Optional[tf.DType]) -> np.ndarray:
+  """Convert one feature's rows to the array the signature input expects.
+
+  Args:
+    values: one entry per row; an entry is a list for a 2-D input.
+    dtype: the signature input's dtype, or None to infer it from the values.
+
+  Returns:
+    An object array of bytes for strings, else a numeric array of `dtype`.
+  """
+  if isinstance(values, np.ndarray) and dtype is None:
+    return values
+  rows = pad_rows(values, '' if dtype in (None, tf.string) else 0)
+  if dtype is None:
+    flat = np.asarray(rows, dtype=object).ravel()
+    is_string = len(flat) and isinstance(flat[0], (str, bytes))
+    dtype = tf.string if is_string else None
+  if dtype == tf.string:
+    array = np.asarray(rows, dtype=object)
+    return np.vectorize(_to_bytes, otypes=[object])(array) if array.size \
+        else array
+  if dtype is None:
+    return np.asarray(rows)
+  return np.asarray(rows, dtype=dtype.as_numpy_dtype)
+
+
+def _json_value(value: Any) -> Any:
+  """One tensor element as TF Serving's REST JSON expects it."""
+  if isinstance(value, np.ndarray):
+    return [_json_value(v) for v in value]
+  if isinstance(value, bytes):
+    try:
+      return value.decode('utf-8')
+    except UnicodeDecodeError:
+      return {'b64': base64.b64encode(value).decode('ascii')}
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
+def _from_json_value(value: Any) -> Any:
+  if isinstance(value, list):
+    return [_from_json_value(v) for v in value]
+  if isinstance(value, dict) and set(value) == {'b64'}:
+    return base64.b64decode(value['b64'])
+  if isinstance(value, str):
+    return value.encode('utf-8')
+  return value
+
+
+# ----------------------------------------------------------------------------
+# Retries
+# ----------------------------------------------------------------------------
+
+
+def _backoff_delays(max_attempts: int, base_s: float):
+  """Exponential delays with full jitter between attempts."""
+  for attempt in range(max_attempts - 1):
+    yield random.uniform(0, min(MAX_BACKOFF_S, base_s * 2**attempt))
+
+
+def _with_retries(call: Callable[[], Any], retryable: Callable[[Exception],
+                                                                bool],
+                  max_attempts: int, backoff_s: float, what: str) -> Any:
+  delays = _backoff_delays(max_attempts, backoff_s)
+  attempt = 1
+  while True:
+    try:
+      return call()
+    except Exception as e:  # pylint: disable=broad-except
+      if not retryable(e):
+        raise
+      delay = next(delays, None)
+      if delay is None:
+        raise
+      logging.warning('%s failed (attempt %d of %d): %s; retrying in '
+                      '%.2f s.', what, attempt, max_attempts, e, delay)
+      attempt += 1
+      time.sleep(delay)
+
+
+# ----------------------------------------------------------------------------
+# Clients
+# ----------------------------------------------------------------------------
+
+
+class _Client:
+  """The interface both clients share, and the metadata they cache."""
+
+  target: str
+
+  def __init__(self, model_name: str):
+    self.model_name = model_name
+    self._signatures: Dict[Optional[int], Dict[str, Any]] = {}
+
+  def metadata(self, version: Optional[int] = None) -> Dict[str, Any]:
+    raise NotImplementedError
+
+  def model_status(self, version: Optional[int] = None) -> List[dict]:
+    raise NotImplementedError
+
+  def predict(self, features: Mapping[str, Sequence[Any]],
+              signature_name: str = DEFAULT_SIGNATURE,
+              version: Optional[int] = None) -> Dict[str, np.ndarray]:
+    raise NotImplementedError
+
+  def signature(self, signature_name: str = DEFAULT_SIGNATURE,
+                version: Optional[int] = None) -> Dict[str, Any]:
+    """The signature def, as a JSON dict, from the server's metadata.
+
+    Raises:
+      ServingError: NOT_FOUND when the model has no such signature.
+    """
+    if version not in self._signatures:
+      self._signatures[version] = self.metadata(version)['metadata'][
+          'signature_def']['signature_def']
+    signatures = self._signatures[version]
+    if signature_name not in signatures:
+      raise ServingError(
+          'NOT_FOUND', f'Model {self.model_name} has no signature '
+          f'{signature_name!r}; it has {sorted(signatures)}.', self.target)
+    return signatures[signature_name]
+
+  def input_dtypes(self, signature_name: str = DEFAULT_SIGNATURE,
+                   version: Optional[int] = None) -> Dict[str, tf.DType]:
+    inputs = self.signature(signature_name, version).get('inputs', {})
+    return {name: tf.dtypes.as_dtype(_dtype_enum(spec['dtype']))
+            for name, spec in inputs.items()}
+
+  def output_dtypes(self, signature_name: str = DEFAULT_SIGNATURE,
+                    version: Optional[int] = None) -> Dict[str, tf.DType]:
+    outputs = self.signature(signature_name, version).get('outputs', {})
+    return {name: tf.dtypes.as_dtype(_dtype_enum(spec['dtype']))
+            for name, spec in outputs.items()}
+
+  def _request_arrays(self, features, signature_name, version):
+    dtypes = self.input_dtypes(signature_name, version)
+    unknown = sorted(set(features) - set(dtypes))
+    if unknown:
+      raise ServingError(
+          'INVALID_ARGUMENT', f'Features {unknown} are not inputs of '
+          f'signature {signature_name!r}; it takes {sorted(dtypes)}.',
+          self.target)
+    return {name: to_numpy(values, dtypes[name])
+            for name, values in features.items()}
+
+
+def _dtype_enum(dtype: Any) -> int:
+  """A DataType from metadata JSON: the enum name ('DT_FLOAT') or number."""
+  if isinstance(dtype, int):
+    return dtype
+  return types_pb2.DataType.Value(dtype)
+
+
+class GrpcClient(_Client):
+  """TF Serving's gRPC API: Predict, GetModelMetadata, GetModelStatus.
+
+  Args:
+    target: host:port of the gRPC endpoint.
+    model_name: the served model's name.
+    timeout_s: deadline of each call, in seconds.
+    max_attempts: calls per request when the server is UNAVAILABLE.
+    backoff_s: first retry delay, doubled each retry (with jitter).
+  """
+
+  def __init__(self, target: str = DEFAULT_GRPC_TARGET,
+               model_name: str = '', timeout_s: float = DEFAULT_TIMEOUT_S,
+               max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+               backoff_s: float = DEFAULT_BACKOFF_S):
+    super().__init__(model_name)
+    self.target = target
+    self.timeout_s = timeout_s
+    self.max_attempts = max_attempts
+    self.backoff_s = backoff_s
+    self._channel = grpc.insecure_channel(target, options=[
+        ('grpc.max_receive_message_length', MAX_MESSAGE_BYTES),
+        ('grpc.max_send_message_length', MAX_MESSAGE_BYTES),
+    ])
+    self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(
+        self._channel)
+    self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+  def close(self) -> None:
+    self._channel.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def _call(self, method, request, what: str):
+
+    def retryable(error: Exception) -> bool:
+      return (isinstance(error, grpc.RpcError) and
+              error.code() == grpc.StatusCode.UNAVAILABLE)
+
+    try:
+      return _with_retries(lambda: method(request, timeout=self.timeout_s),
+                           retryable, self.max_attempts, self.backoff_s,
+                           f'{what} to {self.target}')
+    except grpc.RpcError as e:
+      raise ServingError(e.code().name, e.details() or str(e),
+                         self.target) from e
+
+  def _model_spec(self, spec, version, signature_name=None):
+    spec.name = self.model_name
+    if version is not None:
+      spec.version.value = int(version)
+    if signature_name:
+      spec.signature_name = signature_name
+
+  def metadata(self, version: Optional[int] = None) -> Dict[str, Any]:
+    """GetModelMetadata for `signature_def`, as TF Serving's REST JSON."""
+    request = get_model_metadata_pb2.GetModelMetadataRequest(
+        metadata_field=['signature_def'])
+    self._model_spec(request.model_spec, version)
+    response = self._call(self._predictions.GetModelMetadata, request,
+                          'GetModelMetadata')
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata['signature_def'].Unpack(signatures)
+    # Snake-case field names, as TF Serving's REST metadata writes them.
+    return {
+        'model_spec': json_format.MessageToDict(
+            response.model_spec, preserving_proto_field_name=True),
+        'metadata': {'signature_def': json_format.MessageToDict(
+            signatures, preserving_proto_field_name=True)},
+    }
+
+  def model_status(self, version: Optional[int] = None) -> List[dict]:
+    """GetModelStatus: one dict per version (version, state, status)."""
+    request = get_model_status_pb2.GetModelStatusRequest()
+    self._model_spec(request.model_spec, version)
+    response = self._call(self._models.GetModelStatus, request,
+                          'GetModelStatus')
+    return [_status_dict(status) for status in response.model_version_status]
+
+  def predict(self, features: Mapping[str, Sequence[Any]],
+              signature_name: str = DEFAULT_SIGNATURE,
+              version: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """Predict on a batch of rows; returns each output tensor as numpy.
+
+    Raises:
+      ServingError: the server rejected the request (the code and message
+        are the server's) or stayed UNAVAILABLE through every retry.
+    """
+    arrays = self._request_arrays(features, signature_name, version)
+    request = predict_pb2.PredictRequest()
+    self._model_spec(request.model_spec, version, signature_name)
+    for name, array in arrays.items():
+      request.inputs[name].CopyFrom(tf.make_tensor_proto(array))
+    response = self._call(self._predictions.Predict, request, 'Predict')
+    return {name: tf.make_ndarray(tensor)
+            for name, tensor in response.outputs.items()}
+
+
+def _status_dict(status) -> dict:
+  """A ModelVersionStatus in the shape of TF Serving's REST status reply."""
+  codes = status.status.DESCRIPTOR.fields_by_name['error_code'].enum_type
+  return {
+      'version': int(status.version),
+      'state': get_model_status_pb2.ModelVersionStatus.State.Name(
+          status.state),
+      'status': {'error_code': codes.values_by_number[
+          status.status.error_code].name,
+                 'error_message': status.status.error_message},
+  }
+
+
+class RestClient(_Client):
+  """TF Serving's REST API: `:predict`, model status and `/metadata`.
+
+  Args:
+    base_url: scheme, host and port, e.g. http://127.0.0.1:8501.
+    model_name: the served model's name.
+    timeout_s: socket timeout of each request, in seconds.
+    max_attempts: requests per call on connection errors and HTTP 503.
+    backoff_s: first retry delay, doubled each retry (with jitter).
+  """
+
+  def __init__(self, base_url: str = DEFAULT_REST_URL, model_name: str = '',
+               timeout_s: float = DEFAULT_TIMEOUT_S,
+               max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+               backoff_s: float = DEFAULT_BACKOFF_S):
+    super().__init__(model_name)
+    if '://' not in base_url:
+      base_url = 'http://' + base_url
+    self.target = base_url.rstrip('/')
+    self.timeout_s = timeout_s
+    self.max_attempts = max_attempts
+    self.backoff_s = backoff_s
+
+  def close(self) -> None:
+    """Nothing to release: each request opens its own connection."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def _model_url(self, version: Optional[int]) -> str:
+    url = f'{self.target}/v1/models/{self.model_name}'
+    if version is not None:
+      url += f'/versions/{int(version)}'
+    return url
+
+  def _request(self, url: str, body: Optional[dict] = None) -> Any:
+    data = None if body is None else json.dumps(body).encode('utf-8')
+    headers = {'Content-Type': 'application/json'} if data else {}
+
+    def send():
+      request = urllib.request.Request(url, data=data, headers=headers,
+                                       method='POST' if data else 'GET')
+      with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
+        return json.loads(reply.read().decode('utf-8'))
+
+    def retryable(error: Exception) -> bool:
+      if isinstance(error, urllib.error.HTTPError):
+        return error.code == 503
+      return isinstance(error, (urllib.error.URLError, ConnectionError))
+
+    try:
+      return _with_retries(send, retryable, self.max_attempts,
+                           self.backoff_s, f'{"POST" if data else "GET"} '
+                           f'{url}')
+    except urllib.error.HTTPError as e:
+      raise _http_error(e, self.target) from e
+    except urllib.error.URLError as e:
+      raise ServingError('UNAVAILABLE', f'Cannot reach {url}: {e.reason}. '
+                         'Check that the server runs and the port is its '
+                         'REST port.', self.target) from e
+    except (ConnectionError, TimeoutError) as e:
+      code = 'DEADLINE_EXCEEDED' if isinstance(e, TimeoutError) \
+          else 'UNAVAILABLE'
+      raise ServingError(code, f'{url}: {e}', self.target) from e
+
+  def metadata(self, version: Optional[int] = None) -> Dict[str, Any]:
+    """GET .../metadata: the model spec and its signature defs."""
+    return self._request(self._model_url(version) + '/metadata')
+
+  def model_status(self, version: Optional[int] = None) -> List[dict]:
+    """GET /v1/models/<name>: one dict per version (version, state, status)."""
+    reply = self._request(self._model_url(version))
+    statuses = []
+    for status in reply.get('model_version_status', []):
+      status = dict(status)
+      status['version'] = int(status['version'])
+      statuses.append(status)
+    return statuses
+
+  def predict(self, features: Mapping[str, Sequence[Any]],
+              signature_name: str = DEFAULT_SIGNATURE,
+              version: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """Predict on a batch of rows; returns each output tensor as numpy.
+
+    Raises:
+      ServingError: the server rejected the request (the code and message
+        are the server's) or stayed unreachable through every retry.
+    """
+    arrays = self._request_arrays(features, signature_name, version)
+    body = {'signature_name': signature_name,
+            'inputs': {name: _json_value(array)
+                       for name, array in arrays.items()}}
+    reply = self._request(self._model_url(version) + ':predict', body)
+    if 'outputs' not in reply:
+      raise ServingError('INTERNAL', 'The predict reply has no "outputs": '
+                         f'{str(reply)[:200]}', self.target)
+    outputs = reply['outputs']
+    dtypes = self.output_dtypes(signature_name, version)
+    if not isinstance(outputs, dict):
+      # TF Serving drops the name when a signature has one output.
+      outputs = {next(iter(dtypes), 'output'): outputs}
+    return {name: _output_array(value, dtypes.get(name))
+            for name, value in outputs.items()}
+
+
+def _output_array(value: Any, dtype: Optional[tf.DType]) -> np.ndarray:
+  value = _from_json_value(value)
+  if dtype == tf.string:
+    return np.asarray(value, dtype=object)
+  if dtype is not None:
+    return np.asarray(value, dtype=dtype.as_numpy_dtype)
+  return np.asarray(value)
+
+
+def _http_error(error: urllib.error.HTTPError, target: str) -> ServingError:
+  """A ServingError from TF Serving's `{"error": "..."}` reply body."""
+  body = error.read().decode('utf-8', errors='replace')
+  try:
+    message = json.loads(body).get('error', body)
+  except (ValueError, AttributeError):
+    message = body or error.reason
+  code = _HTTP_TO_CODE.get(error.code, f'HTTP_{error.code}')
+  return ServingError(code, message, target)
+
+
+def make_client(grpc_target: Optional[str] = None,
+                rest_url: Optional[str] = None, model_name: str = '',
+                **kwargs) -> _Client:
+  """A GrpcClient for `grpc_target`, else a RestClient for `rest_url`."""
+  if grpc_target:
+    return GrpcClient(grpc_target, model_name, **kwargs)
+  return RestClient(rest_url or DEFAULT_REST_URL, model_name, **kwargs)
+
+
+# ----------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------
+
+
+def _empty_value(dtype: tf.DType, rank: int) -> Any:
+  value = '' if dtype == tf.string else 0
+  return [value] if rank > 1 else value
+
+
+def _parse_value(text: str, dtype: tf.DType, rank: int) -> Any:
+  """A --feature value: whitespace-separated ids for a 2-D string input."""
+  if rank > 1:
+    return text.split()
+  if dtype == tf.string:
+    return text
+  try:
+    return float(text) if dtype.is_floating else int(text)
+  except ValueError as e:
+    raise SystemExit(f'error: feature value {text!r} is not a valid '
+                     f'{dtype.name}.') from e
+
+
+def _input_ranks(signature: Dict[str, Any]) -> Dict[str, int]:
+  ranks = {}
+  for name, spec in signature.get('inputs', {}).items():
+    shape = spec.get('tensor_shape', {})
+    ranks[name] = len(shape.get('dim', []))
+  return ranks
+
+
+def _cli_features(args, client: _Client) -> Dict[str, List[Any]]:
+  """One request row from --text/--summary/--feature; other inputs empty."""
+  signature = client.signature(args.signature, args.version)
+  dtypes = client.input_dtypes(args.signature, args.version)
+  ranks = _input_ranks(signature)
+  given = {}
+  for name, value in (('text', args.text), ('summary', args.summary)):
+    if value is not None:
+      given[name] = value
+  for item in args.feature or []:
+    if '=' not in item:
+      raise SystemExit(f'error: --feature {item!r} must be name=value.')
+    name, value = item.split('=', 1)
+    given[name] = value
+  unknown = sorted(set(given) - set(dtypes))
+  if unknown:
+    raise SystemExit(f'error: {unknown} are not inputs of signature '
+                     f'{args.signature!r}; it takes {sorted(dtypes)}.')
+  features, defaulted = {}, []
+  for name, dtype in dtypes.items():
+    if name in given:
+      features[name] = [_parse_value(given[name], dtype, ranks.get(name, 1))]
+    else:
+      features[name] = [_empty_value(dtype, ranks.get(name, 1))]
+      defaulted.append(name)
+  if defaulted:
+    print(f'note: sending empty values for {defaulted}; pass them with '
+          '--feature name=value.', file=sys.stderr)
+  return features
+
+
+def format_predictions(outputs: Mapping[str, np.ndarray]) -> str:
+  """Each task's decoded label and class probabilities, one row each."""
+  lines = []
+  tasks = sorted(name[:-len('_label')] for name in outputs
+                 if name.endswith('_label'))
+  for row in range(len(next(iter(outputs.values()), []))):
+    for task in tasks:
+      label = outputs[f'{task}_label'][row]
+      label = label.decode('utf-8', 'replace') if isinstance(
+          label, bytes) else str(label)
+      probabilities = outputs.get(f'{task}_probabilities')
+      shown = '' if probabilities is None else ' '.join(
+          f'{p:.4f}' for p in probabilities[row])
+      lines.append(f'{task:<12} {label:<14} [{shown}]')
+  others = sorted(set(outputs) - {f'{t}_label' for t in tasks} -
+                  {f'{t}_probabilities' for t in tasks})
+  for name in others:
+    lines.append(f'{name}: {outputs[name].tolist()}')
+  return '\n'.join(lines)
+
+
+def _parse_args(argv: Optional[List[str]]):
+  parser = argparse.ArgumentParser(
+      prog='python -m serving.client',
+      description='Query a TensorFlow Serving model server (REST or gRPC).')
+  commands = parser.add_subparsers(dest='command', required=True)
+  for name, help_text in (
+      ('predict', 'Predict one row and print each task\'s label and '
+       'probabilities (in class order).'),
+      ('status', 'Print the state of each loaded version.'),
+      ('metadata', 'Print the signatures\' inputs and outputs.')):
+    command = commands.add_parser(name, help=help_text)
+    command.add_argument('--model', required=True, help='Served model name.')
+    command.add_argument('--version', type=int, default=None,
+                         help='Model version (default: the server\'s '
+                         'latest).')
+    target = command.add_mutually_exclusive_group()
+    target.add_argument('--grpc', metavar='HOST:PORT', default=None,
+                        help='gRPC endpoint, e.g. '
+                        f'{DEFAULT_GRPC_TARGET}.')
+    target.add_argument('--rest', metavar='URL', default=None,
+                        help=f'REST endpoint (default {DEFAULT_REST_URL}).')
+    command.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT_S,
+                         help='Per-request timeout in seconds.')
+    if name == 'predict':
+      command.add_argument('--text', default=None, help='The review text.')
+      command.add_argument('--summary', default=None,
+                           help='The review summary.')
+      command.add_argument('--feature', action='append', metavar='NAME=VALUE',
+                           help='Any signature input; repeat for more. An '
+                           'id list is whitespace-separated.')
+      command.add_argument('--signature', default=DEFAULT_SIGNATURE,
+                           help='Signature to run.')
+      command.add_argument('--json', action='store_true',
+                           help='Print the raw outputs as JSON.')
+  return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  logging.basicConfig(level=logging.WARNING,
+                      format='%(levelname)s %(message)s')
+  args = _parse_args(argv)
+  client = make_client(args.grpc, args.rest, args.model,
+                       timeout_s=args.timeout)
+  try:
+    if args.command == 'status':
+      print(json.dumps(client.model_status(args.version), indent=2))
+    elif args.command == 'metadata':
+      print(json.dumps(client.metadata(args.version), indent=2))
+    else:
+      outputs = client.predict(_cli_features(args, client), args.signature,
+                               args.version)
+      if args.json:
+        print(json.dumps({name: _json_value(np.asarray(value))
+                          for name, value in outputs.items()}, indent=2))
+      else:
+        print(format_predictions(outputs))
+  except ServingError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  finally:
+    client.close()
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
