@@ -9,7 +9,7 @@ PIPELINE_ROOT ?= runs
 SERVING_DIR ?= serving_models
 CONFIG ?= configs/amazon_fine_food.yaml
 
-.PHONY: venv run test clean
+.PHONY: venv run test serve clean
 
 $(VENV)/.installed: requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ run: venv
 
 test: venv
 	$(PY) -m pytest -q tests
+
+# Serves what `make run` pushed, with TF Serving's flags: gRPC on 8500, REST on 8501.
+serve: venv
+	$(PY) -m serving.server --model_name amazon_fine_food \
+	    --model_base_path $(abspath $(SERVING_DIR)/amazon_fine_food) --port 8500 --rest_api_port 8501
 
 clean:
 	rm -rf $(PIPELINE_ROOT) $(SERVING_DIR)

@@ -25,6 +25,7 @@ COMPONENTS = ('example_gen', 'statistics_gen', 'schema_gen',
 
 
 def _run_component(component, args, summary_path):
+  """Run the pipeline up to `component`; return its times and peak RSS."""
   command = [sys.executable, os.path.join(REPO_ROOT, 'pipeline.py'), 'run',
              '--config', args.config, '--pipeline-root',
              os.path.join(args.work_dir, 'runs'), '--serving-dir',
@@ -32,6 +33,10 @@ def _run_component(component, args, summary_path):
              summary_path, '--component', component]
   if args.data_dir:
     command += ['--data-dir', args.data_dir]
+  return _measure(command, summary_path, component)
+
+
+def _measure(command, summary_path, component):
   started = time.time()
   process = subprocess.Popen(command, cwd=REPO_ROOT,
                              stdout=subprocess.DEVNULL,
@@ -44,8 +49,9 @@ def _run_component(component, args, summary_path):
   peak_kib = usage.ru_maxrss
   with open(summary_path, encoding='utf-8') as f:
     summary = json.load(f)
-  own = next(c for c in summary['components'] if c['component'] == component)
-  return wall, own['seconds'], peak_kib
+  own = sum(c['seconds'] for c in summary['components']
+            if component in (None, c['component']))
+  return wall, own, peak_kib
 
 
 def main():
@@ -53,6 +59,9 @@ def main():
   parser.add_argument('--config', required=True)
   parser.add_argument('--data-dir', default=None)
   parser.add_argument('--work-dir', default='/tmp/mtlrec-bench')
+  parser.add_argument('--end-to-end', action='store_true',
+                      help='Also run the whole pipeline in one process, as '
+                      '`make run` does, on fresh roots.')
   args = parser.parse_args()
   os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
   if os.path.isdir(args.work_dir):
@@ -77,6 +86,23 @@ def main():
   for component, own, wall, peak_kib in rows:
     print(f'| {component} | {own:.1f} | {wall:.1f} | {peak_kib / 1024:.0f} |')
   print(f'| all, one process each | | {total:.1f} | |')
+  if args.end_to_end:
+    _print_end_to_end(args)
+
+
+def _print_end_to_end(args):
+  """Run all components in one fresh process, as `make run` does."""
+  work_dir = os.path.join(args.work_dir, 'end_to_end')
+  summary_path = os.path.join(work_dir, 'summary.json')
+  command = [sys.executable, os.path.join(REPO_ROOT, 'pipeline.py'), 'run',
+             '--config', args.config, '--pipeline-root',
+             os.path.join(work_dir, 'runs'), '--serving-dir',
+             os.path.join(work_dir, 'serving'), '--output-json', summary_path]
+  if args.data_dir:
+    command += ['--data-dir', args.data_dir]
+  wall, own, peak_kib = _measure(command, summary_path, None)
+  print(f'| whole pipeline, one process | {own:.1f} | {wall:.1f} | '
+        f'{peak_kib / 1024:.0f} |')
 
 
 if __name__ == '__main__':

@@ -22,8 +22,8 @@ from tensorflow_serving.config import model_server_config_pb2
 
 PUSH_RESULT_FILE = 'push.json'
 MODELS_CONFIG_FILE = 'models.config'
-# Where deploy/docker-compose.yml and deploy/kubernetes.yaml mount the
-# serving folder inside the TF Serving container.
+# Mount point of the serving folder inside the TF Serving container of
+# deploy/docker-compose.yml and deploy/kubernetes.yaml.
 DEFAULT_CONTAINER_BASE_PATH = '/models'
 # Serve only the newest version; TF Serving loads it before unloading the
 # previous one, so a push causes no gap in service.
@@ -104,12 +104,12 @@ def build_models_config(serving_dir: str,
                         base_path: str = DEFAULT_CONTAINER_BASE_PATH,
                         previous: Optional[dict] = None
                         ) -> model_server_config_pb2.ModelServerConfig:
-  """A ModelServerConfig with one entry per model folder in `serving_dir`.
+  """Build a ModelServerConfig with one entry per model folder in `serving_dir`.
 
   Args:
     serving_dir: the folder of `<model_name>/<version>/` SavedModels.
-    base_path: the folder the server sees `serving_dir` as.
-    previous: entries of the config being replaced; their version policy
+    base_path: the path of `serving_dir` on the model server's file system.
+    previous: entries of the config being replaced. Their version policy
       and version labels are kept, so an operator's pin survives a push.
   """
   previous = previous or {}
@@ -195,8 +195,8 @@ def main(argv: Optional[List[str]] = None) -> int:
   parser.add_argument('--serving-dir', required=True,
                       help='Folder of <model_name>/<version>/ SavedModels.')
   parser.add_argument('--base-path', default=DEFAULT_CONTAINER_BASE_PATH,
-                      help='The folder the model server sees the serving '
-                      'folder as (default %(default)s).')
+                      help='Path of the serving folder on the model '
+                      'server\'s file system (default %(default)s).')
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
   if not served_model_names(args.serving_dir):

@@ -4,10 +4,11 @@
       --input reviews.csv --output predictions.jsonl
 
 Inputs:
-  csv, jsonl: one row per line (CSV with a header; quoted fields may span
-              lines), carrying the raw feature columns that the model's
-              `serving_default` signature takes. An id-list input is a JSON
-              list in JSON Lines and whitespace-separated ids in CSV.
+  csv, jsonl: one row per record, carrying the raw feature columns that the
+              model's `serving_default` signature takes. A CSV file has a
+              header, and its quoted fields may span lines. An id-list
+              input is a JSON list in JSON Lines and whitespace-separated
+              ids in CSV.
   tfrecord:   serialized raw `tf.Example` protos (gzip when the file name ends
               in .gz), fed to the `from_examples` signature.
 
@@ -42,6 +43,7 @@ import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference import base as inference_base
 from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow.core.protobuf import saved_model_pb2
@@ -83,7 +85,7 @@ def rejected_path_for(output_path: str) -> str:
 
 
 def infer_format(input_path: str) -> str:
-  """The input format from the file name, e.g. `x.csv` -> 'csv'."""
+  """Return the input format for a file name, e.g. `x.csv` -> 'csv'."""
   name = input_path.lower()
   if name.endswith('.gz'):
     name = name[:-len('.gz')]
@@ -134,7 +136,7 @@ def _row_key(path: str, number: int) -> str:
 
 
 def _rejection(key: str, reason: str, raw: Any) -> Dict[str, Any]:
-  """A rejected-rows record: the row key, why, and the raw input as text."""
+  """Build a rejected-rows record: the row key, the reason and the input."""
   return {'row': key, 'reason': reason, 'input': _jsonable(raw)}
 
 
@@ -143,7 +145,7 @@ def _rejected(key: str, reason: str, raw: Any) -> beam.pvalue.TaggedOutput:
 
 
 def _has_undecodable(values: Sequence[str]) -> bool:
-  """Whether `surrogateescape` decoding left invalid UTF-8 bytes in a field."""
+  """Check for invalid UTF-8 bytes that `surrogateescape` decoding kept."""
   return any('\udc80' <= ch <= '\udcff' for value in values for ch in value)
 
 
@@ -231,7 +233,7 @@ def _row_id(row: Dict[str, Any]) -> Optional[str]:
 
 
 def _scalar(value: Any, spec: InputSpec, from_csv: bool) -> Any:
-  """One scalar input value, or ValueError naming the expected type."""
+  """Convert one scalar input value, or raise ValueError naming the type."""
   if spec.dtype == tf.string:
     if not isinstance(value, str):
       raise ValueError(f'expected a string, got {type(value).__name__}')
@@ -261,10 +263,10 @@ def _id_list(value: Any, spec: InputSpec, from_csv: bool) -> List[Any]:
 
 def validate_row(row: Dict[str, Any], specs: Dict[str, InputSpec],
                  from_csv: bool) -> Dict[str, Any]:
-  """The signature inputs of one raw row.
+  """Convert one raw row to the signature's inputs.
 
   Raises:
-    ValueError: a column is missing, null or of the wrong type; the message
+    ValueError: a column is missing, null or of the wrong type. The message
       names every such column.
   """
   missing = sorted(name for name in specs
@@ -390,7 +392,7 @@ class SavedModelHandler(inference_base.ModelHandler):
 
 
 def _prediction_row(keyed_result) -> Dict[str, Any]:
-  """A JSON row from (key, PredictionResult); an error row is a rejection."""
+  """Format (key, PredictionResult) as a prediction or a rejected row."""
   key, result = keyed_result
   outputs = result.inference
   if 'error' in outputs:
@@ -482,7 +484,7 @@ def build_pipeline(pipeline: beam.Pipeline, model_dir: str, input_path: str,
 
 
 class _CountElements:
-  """A pass-through map step that increments a Beam counter per element."""
+  """Pass-through map step that increments a Beam counter per element."""
 
   def __init__(self, name: str):
     self._name = name
@@ -515,7 +517,7 @@ def run_batch_inference(model_dir: str, input_path: str, output_path: str,
     output_path: the predictions file; rejected rows go beside it.
     input_format: 'csv', 'jsonl' or 'tfrecord'; by default from the name.
     beam_args: Beam pipeline options, e.g. `--runner DataflowRunner ...`.
-    max_batch_size: most rows per session call.
+    max_batch_size: maximum rows per session call.
 
   Returns:
     The row counts, read from the pipeline's Beam counters.
@@ -527,6 +529,9 @@ def run_batch_inference(model_dir: str, input_path: str, output_path: str,
   signature_name = (EXAMPLES_SIGNATURE if input_format == 'tfrecord'
                     else RAW_SIGNATURE)
   specs = read_signature_inputs(model_dir, signature_name)
+  if not FileSystems.match([input_path])[0].metadata_list:
+    raise FileNotFoundError(f'No input file matches {input_path}; check the '
+                            'path or glob.')
   logging.info('Batch inference: %s (%s) through %s of %s.', input_path,
                input_format, signature_name, model_dir)
 

@@ -1,7 +1,7 @@
 """Batches concurrent predict requests into one session run.
 
 Requests for the same model version and signature, with the same inputs,
-dtypes and output keys, wait in one queue. A batch closes when it holds
+dtypes and output keys, wait in one queue. A batch closes when it contains
 `max_batch_size` examples or `batch_timeout_micros` after its first request
 arrived. The inputs are concatenated along the batch dimension (rank-2
 string inputs, such as id lists padded with '', are padded to a common
@@ -124,7 +124,7 @@ def pad_to_width(arrays: List[np.ndarray]) -> List[np.ndarray]:
 
 def concatenate_inputs(requests: List[Mapping[str, np.ndarray]]
                        ) -> Dict[str, np.ndarray]:
-  """One input dict with every request's rows, in request order."""
+  """Concatenate the requests' inputs along the batch dimension, in order."""
   merged = {}
   for name in requests[0]:
     arrays = [request[name] for request in requests]
@@ -136,7 +136,7 @@ def concatenate_inputs(requests: List[Mapping[str, np.ndarray]]
 
 def split_outputs(outputs: Mapping[str, np.ndarray],
                   sizes: List[int]) -> List[Dict[str, np.ndarray]]:
-  """Each request's rows of every output, by the requests' batch sizes."""
+  """Split batched outputs back into per-request rows by batch sizes."""
   total = sum(sizes)
   for name, array in outputs.items():
     if array.ndim == 0 or array.shape[0] != total:
@@ -151,7 +151,7 @@ def split_outputs(outputs: Mapping[str, np.ndarray],
 
 
 class _Task:
-  """One request waiting in a queue, and its result once the batch ran."""
+  """A request waiting in a queue, and its result once the batch ran."""
 
   def __init__(self, inputs: Dict[str, np.ndarray], size: int):
     self.inputs = inputs
@@ -272,7 +272,7 @@ class BatchScheduler:
   @staticmethod
   def _batch_size(signature, inputs: Mapping[str, np.ndarray]
                   ) -> Optional[int]:
-    """The requests' batch size, or None when it cannot be batched."""
+    """Return the request's batch size, or None when it cannot be batched."""
     sizes = set()
     for name, array in inputs.items():
       if not tensor_codec.is_batched(signature.inputs[name]) or not array.ndim:

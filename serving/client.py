@@ -10,8 +10,8 @@ package:
   gRPC: `PredictionService.Predict` with `tf.make_tensor_proto` tensors,
         `PredictionService.GetModelMetadata`, `ModelService.GetModelStatus`.
 
-`predict` takes a dict of lists (one entry per request row) and returns a
-dict of numpy arrays; string outputs come back as `bytes` from both clients.
+`predict` takes a dict of lists, one entry per request row, and returns a
+dict of numpy arrays. String outputs come back as `bytes` from both clients.
 Ragged string lists (an id history) are padded with '' to a rectangle, the
 padding the model's `serving_default` signature expects.
 
@@ -52,17 +52,18 @@ DEFAULT_REST_URL = 'http://127.0.0.1:8501'
 DEFAULT_SIGNATURE = 'serving_default'
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MAX_ATTEMPTS = 4
-# 100 ms, 200 ms, 400 ms (with jitter): long enough for a restarting server
-# to open its port, short enough that a caller notices a dead one quickly.
+# Retry delays are drawn below 100 ms, 200 ms, 400 ms (full jitter). That is
+# long enough for a restarting server to open its port, and short enough that
+# a caller notices a dead server within a second.
 DEFAULT_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 2.0
-# TF Serving's gRPC default receive limit is 4 MiB; batch requests of long
-# texts exceed it, and the server raises its own limit the same way.
+# gRPC's default receive limit is 4 MiB, which a batch of long reviews can
+# exceed.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-# HTTP status -> canonical error code, the mapping TF Serving's REST handler
-# applies in reverse. 400 covers INVALID_ARGUMENT, FAILED_PRECONDITION and
-# OUT_OF_RANGE; it is reported as INVALID_ARGUMENT.
+# HTTP status -> canonical error code, the usual mapping between the two.
+# A 400 can also stand for FAILED_PRECONDITION or OUT_OF_RANGE, but it is
+# reported as INVALID_ARGUMENT.
 _HTTP_TO_CODE = {
     400: 'INVALID_ARGUMENT', 401: 'UNAUTHENTICATED', 403: 'PERMISSION_DENIED',
     404: 'NOT_FOUND', 409: 'ABORTED', 429: 'RESOURCE_EXHAUSTED',
@@ -149,7 +150,7 @@ def to_numpy(values: Sequence[Any], dtype: Optional[tf.DType]) -> np.ndarray:
 
 
 def _json_value(value: Any) -> Any:
-  """One tensor element as TF Serving's REST JSON expects it."""
+  """Convert a tensor element to TF Serving's REST JSON form."""
   if isinstance(value, np.ndarray):
     return [_json_value(v) for v in value]
   if isinstance(value, bytes):
@@ -185,7 +186,7 @@ def _backoff_delays(max_attempts: int, base_s: float):
 
 def _with_retries(call: Callable[[], Any], retryable: Callable[[Exception],
                                                                 bool],
-                  max_attempts: int, backoff_s: float, what: str) -> Any:
+                  max_attempts: int, backoff_s: float, operation: str) -> Any:
   delays = _backoff_delays(max_attempts, backoff_s)
   attempt = 1
   while True:
@@ -197,8 +198,8 @@ def _with_retries(call: Callable[[], Any], retryable: Callable[[Exception],
       delay = next(delays, None)
       if delay is None:
         raise
-      logging.warning('%s failed (attempt %d of %d): %s; retrying in '
-                      '%.2f s.', what, attempt, max_attempts, e, delay)
+      logging.warning('%s failed (attempt %d of %d): %s. Retrying in '
+                      '%.2f s.', operation, attempt, max_attempts, e, delay)
       attempt += 1
       time.sleep(delay)
 
@@ -209,7 +210,7 @@ def _with_retries(call: Callable[[], Any], retryable: Callable[[Exception],
 
 
 class _Client:
-  """The interface both clients share, and the metadata they cache."""
+  """Base of both clients: the shared interface and the metadata cache."""
 
   target: str
 
@@ -230,7 +231,7 @@ class _Client:
 
   def signature(self, signature_name: str = DEFAULT_SIGNATURE,
                 version: Optional[int] = None) -> Dict[str, Any]:
-    """The signature def, as a JSON dict, from the server's metadata.
+    """Return the signature def, as a JSON dict, from the server's metadata.
 
     Raises:
       ServingError: NOT_FOUND when the model has no such signature.
@@ -265,12 +266,19 @@ class _Client:
           'INVALID_ARGUMENT', f'Features {unknown} are not inputs of '
           f'signature {signature_name!r}; it takes {sorted(dtypes)}.',
           self.target)
-    return {name: to_numpy(values, dtypes[name])
-            for name, values in features.items()}
+    arrays = {}
+    for name, values in features.items():
+      try:
+        arrays[name] = to_numpy(values, dtypes[name])
+      except (TypeError, ValueError) as e:
+        raise ServingError(
+            'INVALID_ARGUMENT', f'Feature {name!r} does not convert to '
+            f'{dtypes[name].name}: {e}', self.target) from e
+    return arrays
 
 
 def _dtype_enum(dtype: Any) -> int:
-  """A DataType from metadata JSON: the enum name ('DT_FLOAT') or number."""
+  """Convert a metadata dtype, an enum name ('DT_FLOAT') or number, to int."""
   if isinstance(dtype, int):
     return dtype
   return types_pb2.DataType.Value(dtype)
@@ -313,7 +321,7 @@ class GrpcClient(_Client):
   def __exit__(self, *exc):
     self.close()
 
-  def _call(self, method, request, what: str):
+  def _call(self, method, request, operation: str):
 
     def retryable(error: Exception) -> bool:
       return (isinstance(error, grpc.RpcError) and
@@ -322,7 +330,7 @@ class GrpcClient(_Client):
     try:
       return _with_retries(lambda: method(request, timeout=self.timeout_s),
                            retryable, self.max_attempts, self.backoff_s,
-                           f'{what} to {self.target}')
+                           f'{operation} to {self.target}')
     except grpc.RpcError as e:
       raise ServingError(e.code().name, e.details() or str(e),
                          self.target) from e
@@ -379,7 +387,7 @@ class GrpcClient(_Client):
 
 
 def _status_dict(status) -> dict:
-  """A ModelVersionStatus in the shape of TF Serving's REST status reply."""
+  """Convert a ModelVersionStatus to TF Serving's REST status JSON."""
   codes = status.status.DESCRIPTOR.fields_by_name['error_code'].enum_type
   return {
       'version': int(status.version),
@@ -509,7 +517,7 @@ def _output_array(value: Any, dtype: Optional[tf.DType]) -> np.ndarray:
 
 
 def _http_error(error: urllib.error.HTTPError, target: str) -> ServingError:
-  """A ServingError from TF Serving's `{"error": "..."}` reply body."""
+  """Build a ServingError from TF Serving's `{"error": "..."}` reply."""
   body = error.read().decode('utf-8', errors='replace')
   try:
     message = json.loads(body).get('error', body)
@@ -522,7 +530,7 @@ def _http_error(error: urllib.error.HTTPError, target: str) -> ServingError:
 def make_client(grpc_target: Optional[str] = None,
                 rest_url: Optional[str] = None, model_name: str = '',
                 **kwargs) -> _Client:
-  """A GrpcClient for `grpc_target`, else a RestClient for `rest_url`."""
+  """Create a GrpcClient for `grpc_target`, else a RestClient."""
   if grpc_target:
     return GrpcClient(grpc_target, model_name, **kwargs)
   return RestClient(rest_url or DEFAULT_REST_URL, model_name, **kwargs)
@@ -539,7 +547,8 @@ def _empty_value(dtype: tf.DType, rank: int) -> Any:
 
 
 def _parse_value(text: str, dtype: tf.DType, rank: int) -> Any:
-  """A --feature value: whitespace-separated ids for a 2-D string input."""
+  """Parse a --feature value. A 2-D string input takes whitespace-separated
+  ids."""
   if rank > 1:
     return text.split()
   if dtype == tf.string:
@@ -560,27 +569,30 @@ def _input_ranks(signature: Dict[str, Any]) -> Dict[str, int]:
 
 
 def _cli_features(args, client: _Client) -> Dict[str, List[Any]]:
-  """One request row from --text/--summary/--feature; other inputs empty."""
+  """Build one request row from --text, --summary and --feature.
+
+  Inputs that none of them set are sent empty.
+  """
   signature = client.signature(args.signature, args.version)
   dtypes = client.input_dtypes(args.signature, args.version)
   ranks = _input_ranks(signature)
-  given = {}
+  values = {}
   for name, value in (('text', args.text), ('summary', args.summary)):
     if value is not None:
-      given[name] = value
+      values[name] = value
   for item in args.feature or []:
     if '=' not in item:
       raise SystemExit(f'error: --feature {item!r} must be name=value.')
     name, value = item.split('=', 1)
-    given[name] = value
-  unknown = sorted(set(given) - set(dtypes))
+    values[name] = value
+  unknown = sorted(set(values) - set(dtypes))
   if unknown:
     raise SystemExit(f'error: {unknown} are not inputs of signature '
                      f'{args.signature!r}; it takes {sorted(dtypes)}.')
   features, defaulted = {}, []
   for name, dtype in dtypes.items():
-    if name in given:
-      features[name] = [_parse_value(given[name], dtype, ranks.get(name, 1))]
+    if name in values:
+      features[name] = [_parse_value(values[name], dtype, ranks.get(name, 1))]
     else:
       features[name] = [_empty_value(dtype, ranks.get(name, 1))]
       defaulted.append(name)
@@ -591,7 +603,7 @@ def _cli_features(args, client: _Client) -> Dict[str, List[Any]]:
 
 
 def format_predictions(outputs: Mapping[str, np.ndarray]) -> str:
-  """Each task's decoded label and class probabilities, one row each."""
+  """Format each task's decoded label and class probabilities per row."""
   lines = []
   tasks = sorted(name[:-len('_label')] for name in outputs
                  if name.endswith('_label'))
@@ -601,9 +613,9 @@ def format_predictions(outputs: Mapping[str, np.ndarray]) -> str:
       label = label.decode('utf-8', 'replace') if isinstance(
           label, bytes) else str(label)
       probabilities = outputs.get(f'{task}_probabilities')
-      shown = '' if probabilities is None else ' '.join(
+      probabilities_text = '' if probabilities is None else ' '.join(
           f'{p:.4f}' for p in probabilities[row])
-      lines.append(f'{task:<12} {label:<14} [{shown}]')
+      lines.append(f'{task:<12} {label:<14} [{probabilities_text}]')
   others = sorted(set(outputs) - {f'{t}_label' for t in tasks} -
                   {f'{t}_probabilities' for t in tasks})
   for name in others:

@@ -36,7 +36,7 @@ _ERROR_CODES = status_pb2.StatusProto.DESCRIPTOR.fields_by_name[
 
 def version_from_spec(spec: model_pb2.ModelSpec
                       ) -> Tuple[Optional[int], Optional[str]]:
-  """The (version, label) a ModelSpec asks for; (None, None) for the latest."""
+  """Return the (version, label) a ModelSpec requests; (None, None): latest."""
   choice = spec.WhichOneof('version_choice')
   if choice == 'version':
     return spec.version.value, None
@@ -67,7 +67,7 @@ def model_status_response(manager: ModelManager, name: str,
 
 
 def signature_def_map(signatures) -> get_model_metadata_pb2.SignatureDefMap:
-  """The version's signatures as TF Serving's SignatureDefMap."""
+  """Copy a version's signatures into TF Serving's SignatureDefMap."""
   signature_map = get_model_metadata_pb2.SignatureDefMap()
   for key, signature in signatures.items():
     signature_map.signature_def[key].CopyFrom(signature)

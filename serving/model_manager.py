@@ -5,10 +5,10 @@ Each model has a base path with one folder per version, named by an int64
 `.staging-*`) and non-integer names are ignored. A poll thread rescans the
 base paths; a new version is loaded into its own `SavedModelSession`,
 warmed up with `assets.extra/tf_serving_warmup_requests` and only then
-served. Versions the version policy no longer wants are unloaded after that,
-so some version serves at every moment. A version that fails to load is
-reported as END with its error and the versions before it keep serving; it
-is retried only when its files change.
+served. Versions outside the version policy are unloaded after that, so
+some version serves at every moment. A version that fails to load is reported
+as END with its error, and the versions loaded before it keep serving. It is
+retried only when its files change.
 
 Requests hold a reference to the version they run on. The served set is an
 immutable dict swapped under a lock, and an unloaded version's session is
@@ -59,7 +59,7 @@ class VersionPolicy:
   versions: Tuple[int, ...] = ()
 
   def select(self, versions: List[int]) -> List[int]:
-    """The versions to serve, out of the loadable ones on disk."""
+    """Pick the versions to serve out of the loadable ones on disk."""
     ordered = sorted(versions, reverse=True)
     if self.kind == 'all':
       return ordered
@@ -156,7 +156,7 @@ class ServableVersion:
     self._closed = False
 
   def signature(self, signature_name: str) -> meta_graph_pb2.SignatureDef:
-    """The named signature; INVALID_ARGUMENT when the model lacks it."""
+    """Look up a signature; INVALID_ARGUMENT when the model lacks it."""
     signature = self.signatures.get(signature_name or DEFAULT_SIGNATURE)
     if signature is None:
       raise tensor_codec.invalid_argument(

@@ -6,7 +6,7 @@
   GET  <prometheus path>                    metrics, when monitoring is on
 
 Errors are `{"error": "..."}` with the HTTP code TF Serving maps each gRPC
-status code to. `:classify` and `:regress` answer 501 Not Implemented.
+status code to. `:classify` and `:regress` return 501 Not Implemented.
 """
 
 import http
@@ -58,7 +58,7 @@ _HTTP_CODES = {
 
 
 class HttpError(Exception):
-  """An error answered with an HTTP code that has no gRPC status (405, 413)."""
+  """An error returned with an HTTP code that has no gRPC status (405, 413)."""
 
   def __init__(self, http_code: int, message: str,
                headers: Optional[Dict[str, str]] = None):
@@ -120,11 +120,12 @@ def _parse_body(body: bytes) -> Dict[str, Any]:
   return request
 
 
-def _predict_json(predictor, name, version, label,
-                  body: bytes) -> Tuple[Dict[str, Any], str]:
-  """Run a :predict body; return the response and the signature name."""
+def _predict_json(predictor, name, version, label, body: bytes,
+                  request_info: Dict[str, str]) -> Dict[str, Any]:
+  """Run a :predict body; note its signature name in `request_info`."""
   request = _parse_body(body)
   signature_name = request.get('signature_name') or DEFAULT_SIGNATURE
+  request_info['signature_name'] = signature_name
   with predictor.manager.acquire(name, version, label) as servable:
     signature = servable.signature(signature_name)
     if 'instances' in request:
@@ -135,12 +136,12 @@ def _predict_json(predictor, name, version, label,
                                               signature_name, signature)
     outputs = predictor.run(servable, signature_name, inputs)
   if 'instances' in request:
-    return {'predictions': tensor_codec.arrays_to_rows(outputs)}, signature_name
-  return {'outputs': tensor_codec.arrays_to_columns(outputs)}, signature_name
+    return {'predictions': tensor_codec.arrays_to_rows(outputs)}
+  return {'outputs': tensor_codec.arrays_to_columns(outputs)}
 
 
 class RestHandler(http.server.BaseHTTPRequestHandler):
-  """One HTTP request; the server object carries the shared state."""
+  """Handles one HTTP request; `self.server` carries the shared state."""
 
   protocol_version = 'HTTP/1.1'
   server_version = 'mtlrec-model-server'
@@ -187,12 +188,12 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
     api = f'{verb}' if verb else ('get_model_metadata' if match['metadata']
                                   else 'get_model_status')
     started = time.monotonic()
-    signature_name = ''
+    request_info = {'signature_name': ''}
     try:
       version = _parse_version(match['version'])
       if verb:
-        payload, signature_name = self._serve_verb(method, verb, name,
-                                                   version, label)
+        payload = self._serve_verb(method, verb, name, version, label,
+                                   request_info)
       else:
         self._require_method(method, 'GET', path)
         getter = _metadata_json if match['metadata'] else _status_json
@@ -209,10 +210,10 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
       self._send_json(200, payload)
       status = 'OK'
     self.server.predictor.metrics.record_request(
-        name, signature_name, api, 'REST', status,
+        name, request_info['signature_name'], api, 'REST', status,
         (time.monotonic() - started) * 1e6)
 
-  def _serve_verb(self, method, verb, name, version, label):
+  def _serve_verb(self, method, verb, name, version, label, request_info):
     path = self.path
     if verb not in ('predict', 'classify', 'regress'):
       self._discard_body()
@@ -224,7 +225,8 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
       raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
                          f':{verb} is not implemented by this server; use '
                          ':predict.')
-    return _predict_json(self.server.predictor, name, version, label, body)
+    return _predict_json(self.server.predictor, name, version, label, body,
+                         request_info)
 
   def _require_method(self, method: str, allowed: str, path: str) -> None:
     if method != allowed:

@@ -10,7 +10,7 @@ or `--model_config_file=models.config` (a `ModelServerConfig` text proto)
 in place of the two model flags. Models run through `SavedModelSession`: a
 `tf.compat.v1` session over the MetaGraphDef, fed and fetched by signature
 tensor names, the way TF Serving runs them. Both servers bind 127.0.0.1
-unless `--grpc_host` / `--rest_api_host` say otherwise.
+unless `--grpc_host` or `--rest_api_host` sets another address.
 """
 
 import os
@@ -38,7 +38,7 @@ from serving.model_manager import ModelManager, ServableVersion
 
 
 class Predictor:
-  """What the REST and gRPC front ends share: models, batching and metrics."""
+  """State shared by the REST and gRPC front ends: models, batching, metrics."""
 
   def __init__(self, manager: ModelManager, metrics: monitoring.ServerMetrics,
                batcher: Optional[batching.BatchScheduler] = None):

@@ -40,7 +40,7 @@ _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def status_code_from_number(number: int) -> grpc.StatusCode:
-  """The gRPC status code for a canonical error number (tf.errors too)."""
+  """Map a canonical error number (as in tf.errors) to its gRPC status code."""
   return _STATUS_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
 
 
@@ -60,7 +60,7 @@ def signature_shape(tensor_info: meta_graph_pb2.TensorInfo) -> Optional[List[int
 
 
 def is_batched(tensor_info: meta_graph_pb2.TensorInfo) -> bool:
-  """Whether the tensor's first dimension is the (unknown) batch size."""
+  """Return whether the tensor's first dimension is the batch size (-1)."""
   shape = signature_shape(tensor_info)
   return bool(shape) and shape[0] == -1
 
@@ -99,7 +99,7 @@ def check_shape(name: str, array: np.ndarray,
 
 
 def _json_shape(name: str, value: Any) -> List[int]:
-  """The dims of a nested JSON list; raises when it is ragged."""
+  """Return the dims of a nested JSON list; raise when it is ragged."""
   if not isinstance(value, list):
     return []
   if not value:
@@ -284,7 +284,7 @@ def check_batch_sizes(arrays: Mapping[str, np.ndarray],
 
 
 def _float_to_json(value: np.floating) -> float:
-  """The shortest decimal that parses back to the same float32 (or float64)."""
+  """Return the shortest decimal that parses back to the same float."""
   if not math.isfinite(value):
     return float(value)
   # numpy's str() of a float32 is its shortest round-tripping decimal.
@@ -323,14 +323,14 @@ def _nest(flat: List[Any], shape: Sequence[int], offset: int = 0) -> Any:
 
 
 def array_to_json(name: str, array: np.ndarray) -> Any:
-  """A nested JSON list (or scalar) with every value of `array`."""
+  """Convert `array` to a nested JSON list (or a scalar)."""
   as_b64 = name.endswith(BYTES_SUFFIX)
   flat = [_leaf_to_json(value, as_b64) for value in array.ravel()]
   return _nest(flat, array.shape)
 
 
 def arrays_to_rows(outputs: Mapping[str, np.ndarray]) -> List[Any]:
-  """The row format: one value (single output) or object per example."""
+  """Encode outputs in the row format: a value or object per example."""
   sizes = {name: (array.shape[0] if array.ndim else None)
            for name, array in outputs.items()}
   if len(set(sizes.values())) != 1 or None in sizes.values():
@@ -348,7 +348,7 @@ def arrays_to_rows(outputs: Mapping[str, np.ndarray]) -> List[Any]:
 
 
 def arrays_to_columns(outputs: Mapping[str, np.ndarray]) -> Any:
-  """The columnar format: the bare value for one output, else an object."""
+  """Encode outputs in the columnar format: a bare value or an object."""
   converted = {name: array_to_json(name, array)
                for name, array in outputs.items()}
   if len(converted) == 1:

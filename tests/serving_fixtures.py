@@ -3,7 +3,7 @@
 The client, batch-inference and deploy tests need a real pushed SavedModel,
 not its metrics, so the model trains for two epochs on the bundled sample and
 is pushed without the Evaluator. It is built once per pytest session under
-the session's base temp folder and shared by every module that asks.
+the session's base temp folder and shared by every module that uses it.
 """
 
 import dataclasses

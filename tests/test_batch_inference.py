@@ -2,7 +2,7 @@
 
 Every prediction the Beam pipeline writes must equal what a single-row
 `serving_default` (or `from_examples`) call through `SavedModelSession`
-returns for that row, and every input row must come out exactly once: as a
+returns for that row. Every input row must come out exactly once, as a
 prediction or as a rejected row with its reason.
 """
 
