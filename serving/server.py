@@ -224,21 +224,21 @@ def main(argv: Optional[List[str]] = None) -> int:
   logging.basicConfig(level=logging.INFO,
                       format='%(asctime)s %(levelname)s %(message)s')
   args = _parse_args(argv)
-  try:
-    server = server_from_args(args)
-    server.start()
-  except (ValueError, OSError, RuntimeError) as e:
-    logging.error('Model server failed to start: %s', e)
-    return 1
-
   stop = threading.Event()
 
   def _on_signal(number, _frame):
     logging.info('Received %s', signal.Signals(number).name)
     stop.set()
 
+  # Installed before loading, so a signal during a long load is not lost.
   signal.signal(signal.SIGTERM, _on_signal)
   signal.signal(signal.SIGINT, _on_signal)
+  try:
+    server = server_from_args(args)
+    server.start()
+  except (ValueError, OSError, RuntimeError) as e:
+    logging.error('Model server failed to start: %s', e)
+    return 1
   stop.wait()
   server.stop()
   return 0
