@@ -86,9 +86,11 @@ def _data_validation(runner, config, examples, beam_args):
   if existing and (not os.path.isfile(existing) or set(
       previous_schema.get('feature_types', {})) != set(feature_types)):
     existing = None
+  existing_fingerprint = (artifacts.fingerprint_files([existing])
+                          if existing else None)
   schema = runner.run(
       'schema_gen', {'statistics': statistics.fingerprint,
-                     'existing_schema': existing},
+                     'existing_schema': existing_fingerprint},
       [config.tasks],
       lambda out: {'schema_path': schema_gen.run_schema_gen(
           statistics.outputs['statistics_path'], feature_types, config, out,
@@ -108,9 +110,12 @@ def _data_validation(runner, config, examples, beam_args):
             'anomalies': [a._asdict() for a in result.anomalies]}
 
   validation = runner.run(
-      'example_validator', {'statistics': statistics.fingerprint,
-                            'schema': schema.fingerprint,
-                            'previous_statistics': previous_path},
+      'example_validator', {
+          'statistics': statistics.fingerprint,
+          'schema': artifacts.fingerprint_files(
+              [schema.outputs['schema_path']]),
+          'previous_statistics': (artifacts.fingerprint_files(
+              [previous_path]) if previous_path else None)},
       [config.validation, config.features, config.tasks], validate)
   return schema, validation
 
@@ -223,7 +228,7 @@ def run_pipeline(config: PipelineConfig, data_dir: Optional[str],
   runner = ComponentRunner(store, config.pipeline_name, run_id, run_dir,
                            enable_cache)
   stop_after = COMPONENTS.index(until)
-  summary = {'run_id': run_id, 'run_dir': run_dir,
+  summary = {'status': 'complete', 'run_id': run_id, 'run_dir': run_dir,
              'pipeline_name': config.pipeline_name,
              'model_name': config.model_name, 'data_path': data_path}
   try:
@@ -294,7 +299,10 @@ def format_summary(summary: Dict[str, Any]) -> str:
   push = summary.get('push')
   if push:
     lines.append('')
-    lines.append(push['reason'])
+    reused = any(c['component'] == 'pusher' and c['status'] == 'reused'
+                 for c in summary.get('components', []))
+    lines.append(('unchanged since the last run: ' if reused else '') +
+                 push['reason'])
   return '\n'.join(lines)
 
 
@@ -374,18 +382,30 @@ def main(argv: Optional[List[str]] = None) -> int:
   except ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  summary = run_pipeline(config, args.data_dir, args.pipeline_root,
-                         args.serving_dir, beam_args, args.component,
-                         not args.no_cache)
-  if args.output_json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.output_json)),
-                exist_ok=True)
-    with open(args.output_json, 'w', encoding='utf-8') as f:
-      json.dump(summary, f, indent=2, default=str)
+  try:
+    summary = run_pipeline(config, args.data_dir, args.pipeline_root,
+                           args.serving_dir, beam_args, args.component,
+                           not args.no_cache)
+  except (ValueError, FileNotFoundError) as e:
+    # Bad data or paths: the traceback goes to the log, the reason last.
+    logging.exception('The pipeline run failed.')
+    _write_summary(args.output_json, {'status': 'failed', 'error': str(e),
+                                      'config': args.config})
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  _write_summary(args.output_json, summary)
   print(format_summary(summary))
   if args.output_json:
     print(f'Summary written to {args.output_json}')
   return 0
+
+
+def _write_summary(path: Optional[str], summary: Dict[str, Any]) -> None:
+  if not path:
+    return
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(summary, f, indent=2, default=str)
 
 
 if __name__ == '__main__':
