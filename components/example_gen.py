@@ -36,6 +36,7 @@ from components.adapters import amazon_fine_food
 from components.adapters import base
 from components.adapters import generic
 from components.adapters import mind
+from components.adapters import movielens
 from components.config import PipelineConfig
 
 TRAIN = 'train'
@@ -60,6 +61,7 @@ ADAPTERS = {
     adapter.name: adapter for adapter in (
         amazon_fine_food.AmazonFineFoodAdapter,
         mind.MindAdapter,
+        movielens.MovieLensAdapter,
         generic.GenericAdapter,
     )
 }
