@@ -168,7 +168,7 @@ class DataConfig:
   """Where a snapshot is and how to read it.
 
   Attributes:
-    adapter: `amazon_fine_food`, `mind` or `generic`.
+    adapter: `amazon_fine_food`, `mind`, `movielens` or `generic`.
     path: file or folder of the snapshot, relative to `--data-dir` when that
       is given, else to the config's own folder.
     max_rejected_fraction: the run fails when more input rows than this are
