@@ -237,8 +237,10 @@ class PipelineConfig:
     raise KeyError(f'No task named {name!r} in {self.source_path}.')
 
   def resolve_data_path(self, data_dir: Optional[str]) -> str:
+    # Absolute, so the same snapshot reached by another relative path is
+    # recognized as the same input by the cache.
     base = data_dir or os.path.dirname(os.path.abspath(self.source_path))
-    return os.path.normpath(os.path.join(base, self.data.path))
+    return os.path.abspath(os.path.join(base, self.data.path))
 
   def section_fingerprint(self, *sections: str) -> str:
     """Fingerprint of the named top-level sections, for caching."""

@@ -274,5 +274,5 @@ def run_evaluator(config: PipelineConfig, examples_dir: str, model_dir: str,
   with open(os.path.join(output_dir, marker), 'w', encoding='utf-8') as f:
     f.write('\n'.join(reasons) + '\n')
   logging.info('Evaluator: %s %s', 'blessed' if not reasons else
-               'not blessed', '; '.join(reasons))
+               'not blessed', ' '.join(reasons))
   return EvaluatorResult(not reasons, reasons, task_results, metrics_path)

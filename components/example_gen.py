@@ -29,9 +29,9 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from absl import logging
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 import tensorflow as tf
 
+from components import beam_options
 from components.adapters import amazon_fine_food
 from components.adapters import base
 from components.adapters import generic
@@ -55,7 +55,6 @@ REJECTED_PREFIX = 'rejected'
 # COUNTS_FILE and then deletes the folder.
 _COUNT_PARTS_DIR = 'count_parts'
 
-DEFAULT_BEAM_ARGS = ('--runner=DirectRunner', '--direct_running_mode=in_memory')
 
 ADAPTERS = {
     adapter.name: adapter for adapter in (
@@ -111,7 +110,7 @@ def run_example_gen(config: PipelineConfig, data_path: str, output_dir: str,
     output_dir: the folder to write to; outputs of an earlier run there are
       replaced.
     beam_args: Beam pipeline options, passed through unchanged. Defaults to
-      the DirectRunner in in-memory mode.
+      Beam's local FnApiRunner in in-memory mode.
 
   Returns:
     The paths written, the feature types and the counts.
@@ -134,7 +133,7 @@ def run_example_gen(config: PipelineConfig, data_path: str, output_dir: str,
                len(input_files), adapter.name, input_files)
 
   _remove_previous_outputs(output_dir)
-  options = PipelineOptions(list(beam_args or DEFAULT_BEAM_ARGS))
+  options = beam_options.pipeline_options(beam_args)
   with beam.Pipeline(options=options) as pipeline:
     _build_pipeline(pipeline, adapter, config, feature_types, output_dir)
 

@@ -149,6 +149,9 @@ def write_models_config(serving_dir: str,
   try:
     with os.fdopen(fd, 'w', encoding='utf-8') as f:
       f.write(text)
+    # mkstemp creates the file readable by its owner only, and a model
+    # server running as another user must read it.
+    os.chmod(staging, 0o644)
     os.replace(staging, path)
   finally:
     if os.path.exists(staging):

@@ -20,13 +20,13 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import tensorflow as tf
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import stats as beam_stats
 from google.protobuf import text_format
 from tensorflow.core.example import example_pb2
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from components import artifacts
+from components import beam_options
 from components.adapters.base import FLOAT, INT, STRING, STRING_LIST
 from components.config import PipelineConfig
 
@@ -59,8 +59,6 @@ _TOKEN_LENGTH = 'token_length'
 _VALUE_COUNT = 'value_count'
 _NUMERIC = 'numeric'
 
-_DEFAULT_BEAM_ARGS = ('--runner=DirectRunner',
-                      '--direct_running_mode=in_memory')
 
 
 class _Observation(NamedTuple):
@@ -83,7 +81,7 @@ def run_statistics_gen(examples_dir: str, feature_types: Dict[str, str],
     config: the pipeline config, which names the text features and task labels.
     output_dir: where `statistics.pbtxt` and `statistics.md` are written.
     beam_args: Beam pipeline options, passed to `PipelineOptions` unchanged.
-      When empty, the DirectRunner runs in memory.
+      When empty, Beam's local FnApiRunner runs in memory.
 
   Returns:
     The path of `statistics.pbtxt`.
@@ -91,7 +89,7 @@ def run_statistics_gen(examples_dir: str, feature_types: Dict[str, str],
   splits = _find_splits(examples_dir)
   tf.io.gfile.makedirs(output_dir)
   statistics_path = os.path.join(output_dir, STATISTICS_FILE)
-  options = PipelineOptions(list(beam_args or _DEFAULT_BEAM_ARGS))
+  options = beam_options.pipeline_options(beam_args)
 
   with beam.Pipeline(options=options) as pipeline:
     observations = _read_splits(pipeline, examples_dir, splits, feature_types)

@@ -15,7 +15,6 @@ import apache_beam as beam
 import tensorflow as tf
 import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
-from apache_beam.options.pipeline_options import PipelineOptions
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_transform.tf_metadata import dataset_metadata
@@ -23,6 +22,7 @@ from tensorflow_transform.tf_metadata import metadata_io
 from tfx_bsl.public import tfxio
 
 from components import artifacts
+from components import beam_options
 from components.config import PipelineConfig
 from models.preprocessing import make_preprocessing_fn
 
@@ -41,16 +41,6 @@ class TransformResult(NamedTuple):
 def load_schema(schema_path: str) -> schema_pb2.Schema:
   with open(schema_path, encoding='utf-8') as f:
     return text_format.Parse(f.read(), schema_pb2.Schema())
-
-
-def default_beam_args(beam_args: Optional[List[str]]) -> List[str]:
-  """Beam options with the local DirectRunner defaults filled in."""
-  args = list(beam_args or [])
-  if not any(a.startswith('--runner') for a in args):
-    args.append('--runner=DirectRunner')
-  if not any(a.startswith('--direct_running_mode') for a in args):
-    args.append('--direct_running_mode=in_memory')
-  return args
 
 
 def run_transform(config: PipelineConfig, examples_dir: str, schema_path: str,
@@ -81,7 +71,7 @@ def run_transform(config: PipelineConfig, examples_dir: str, schema_path: str,
           telemetry_descriptors=['mtlrec', 'Transform'])
       for split in SPLITS
   }
-  options = PipelineOptions(default_beam_args(beam_args))
+  options = beam_options.pipeline_options(beam_args)
   with beam.Pipeline(options=options) as pipeline:
     with tft_beam.Context(temp_dir=temp_dir, force_tf_compat_v1=False):
       raw = {

@@ -45,9 +45,9 @@ import tensorflow as tf
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference import base as inference_base
-from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow.core.protobuf import saved_model_pb2
 
+from components import beam_options
 from serving import client as serving_client
 
 FORMATS = ('csv', 'jsonl', 'tfrecord')
@@ -432,16 +432,6 @@ def _is_rejection(row: Dict[str, Any]) -> bool:
 # ----------------------------------------------------------------------------
 
 
-def _default_beam_args(beam_args: Optional[List[str]]) -> List[str]:
-  """Beam options, with the local in-memory DirectRunner unless set."""
-  args = list(beam_args or [])
-  if not any(a.startswith('--runner') for a in args):
-    args.append('--runner=DirectRunner')
-  if not any(a.startswith('--direct_running_mode') for a in args):
-    args.append('--direct_running_mode=in_memory')
-  return args
-
-
 def build_pipeline(pipeline: beam.Pipeline, model_dir: str, input_path: str,
                    output_path: str, input_format: str,
                    specs: Dict[str, InputSpec], signature_name: str,
@@ -535,7 +525,7 @@ def run_batch_inference(model_dir: str, input_path: str, output_path: str,
   logging.info('Batch inference: %s (%s) through %s of %s.', input_path,
                input_format, signature_name, model_dir)
 
-  options = PipelineOptions(_default_beam_args(beam_args))
+  options = beam_options.pipeline_options(beam_args)
   pipeline = beam.Pipeline(options=options)
   build_pipeline(pipeline, model_dir, input_path, output_path, input_format,
                  specs, signature_name, max_batch_size)

@@ -9,11 +9,11 @@ from typing import Any, Dict, List
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 import pytest
 import tensorflow as tf
 
+from components import beam_options
 from components import example_gen
 from components.adapters import movielens
 from components.config import parse_config
@@ -435,7 +435,7 @@ def test_movie_examples_switched_off(small_dir):
   adapter.emit_movie_examples = False
 
   pipeline = beam.Pipeline(
-      options=PipelineOptions(list(example_gen.DEFAULT_BEAM_ARGS)))
+      options=beam_options.pipeline_options([]))
   read = adapter.read(pipeline)
   ids = read.examples | 'ExampleIds' >> beam.Map(lambda e: e['example_id'])
   assert_that(ids, equal_to(SMALL_RATING_IDS))
