@@ -215,6 +215,9 @@ class _Client:
   target: str
 
   def __init__(self, model_name: str):
+    if not model_name:
+      raise ValueError('model_name is required: the name the server serves '
+                       "the model under, such as 'amazon_fine_food'.")
     self.model_name = model_name
     self._signatures: Dict[Optional[int], Dict[str, Any]] = {}
 

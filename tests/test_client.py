@@ -363,3 +363,8 @@ def test_pad_rows_pads_id_lists():
   assert serving_client.pad_rows(['x', 'y']) == ['x', 'y']
   with pytest.raises(ValueError, match='mixes lists'):
     serving_client.pad_rows([['a'], 'b'])
+
+
+def test_client_requires_model_name():
+  with pytest.raises(ValueError, match='model_name is required'):
+    RestClient('http://127.0.0.1:8501')
