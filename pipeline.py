@@ -294,8 +294,8 @@ def format_summary(summary: Dict[str, Any]) -> str:
             f'{task:<12} {name + main:<16} {value:>8.4f} '
             f'{result["baseline"].get(name, float("nan")):>9.4f} '
             f'{"" if served is None else f"{served:.4f}":>8}')
-    lines.append('(* main metric; baseline: majority class, or train-split '
-                 'popularity for clicks)')
+    lines.append('(* main metric; baseline: the majority class, the train '
+                 'mean for rmse, train-split popularity for clicks)')
   push = summary.get('push')
   if push:
     lines.append('')

@@ -102,16 +102,35 @@ def _task_metrics(task: TaskConfig, data: _EvalData, mask: np.ndarray,
   return result
 
 
+def numeric_class_values(task: TaskConfig) -> Optional[List[float]]:
+  """The classes as numbers (ratings "1".."5", say), or None if any is not."""
+  try:
+    return [float(c) for c in task.classes] if task.classes else None
+  except ValueError:
+    return None
+
+
+def _true_values(task: TaskConfig, data: _EvalData,
+                 mask: np.ndarray) -> np.ndarray:
+  return np.array(data.values[task.label], dtype=object)[mask].astype(
+      np.float64)
+
+
 def _model_task_metrics(task: TaskConfig, data: _EvalData, mask: np.ndarray,
                         outputs: Dict[str, np.ndarray]) -> Dict[str, float]:
   labels = np.array([v.decode('utf-8') for v in
                      outputs[features.label_output(task.name)]], dtype=object)
+  probabilities = outputs[features.probabilities_output(task.name)]
   positive_scores = None
   if task.type == 'binary':
     index = list(task.classes).index(task.positive_class)
-    positive_scores = outputs[features.probabilities_output(task.name)][:,
-                                                                        index]
-  return _task_metrics(task, data, mask, labels, positive_scores)
+    positive_scores = probabilities[:, index]
+  result = _task_metrics(task, data, mask, labels, positive_scores)
+  class_values = numeric_class_values(task)
+  if task.type == 'multiclass' and class_values:
+    result['rmse'] = metric_lib.expected_value_rmse(
+        _true_values(task, data, mask), probabilities[mask], class_values)
+  return result
 
 
 def _baseline_metrics(task: TaskConfig, train: _EvalData, data: _EvalData,
@@ -127,6 +146,13 @@ def _baseline_metrics(task: TaskConfig, train: _EvalData, data: _EvalData,
     positive_scores = _popularity_scores(task, train, data)
   result = _task_metrics(task, data, mask, predicted, positive_scores)
   result['majority_class'] = majority
+  if task.type == 'multiclass' and numeric_class_values(task):
+    # The RMSE baseline predicts the train mean for every example.
+    train_values = np.array(train_labels, dtype=np.float64)
+    true_values = _true_values(task, data, mask)
+    mean = train_values.mean() if train_values.size else 0.0
+    result['rmse'] = (float(np.sqrt(np.mean((true_values - mean) ** 2)))
+                      if true_values.size else float('nan'))
   return result
 
 

@@ -45,6 +45,27 @@ def classification_metrics(y_true: Sequence[str],
   }
 
 
+def expected_value_rmse(true_values: Sequence[float],
+                        probabilities: np.ndarray,
+                        class_values: Sequence[float]) -> float:
+  """RMSE of the probability-weighted mean class value, such as a rating.
+
+  Args:
+    true_values: [n] the true numeric labels.
+    probabilities: [n, classes] the predicted class probabilities.
+    class_values: [classes] the numeric value of each class.
+
+  Returns:
+    The root mean squared error; NaN for no examples.
+  """
+  true_values = np.asarray(true_values, dtype=np.float64)
+  if true_values.size == 0:
+    return float('nan')
+  expected = np.asarray(probabilities, dtype=np.float64) @ np.asarray(
+      class_values, dtype=np.float64)
+  return float(np.sqrt(np.mean((expected - true_values) ** 2)))
+
+
 def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
   """Area under the ROC curve; NaN when only one class is present."""
   labels = np.asarray(labels, dtype=np.int64)

@@ -15,7 +15,8 @@ MINIMAL = {
 }
 
 
-@pytest.mark.parametrize('name', ['amazon_fine_food', 'mind', 'generic_csv'])
+@pytest.mark.parametrize('name', ['amazon_fine_food', 'mind', 'generic_csv',
+                                  'movielens'])
 def test_shipped_config_loads(name):
   config = load_config(os.path.join(REPO_ROOT, 'configs', f'{name}.yaml'))
   assert config.model_name == name

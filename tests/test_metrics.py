@@ -63,3 +63,10 @@ def test_impression_metrics_skip_one_class_groups():
   assert result['impressions'] == 2
   assert result['group_auc'] == pytest.approx(0.5)
   assert result['mrr'] == pytest.approx((1 + 0.5) / 2)
+
+
+def test_expected_value_rmse():
+  probabilities = np.array([[0.0, 0.5, 0.5], [1.0, 0.0, 0.0]])
+  # Expected values 2.5 and 1.0 against true 3 and 1.
+  result = metrics.expected_value_rmse([3, 1], probabilities, [1, 2, 3])
+  assert result == pytest.approx(math.sqrt((0.25 + 0.0) / 2))
