@@ -11,7 +11,7 @@ in at least one example or in exactly one rejected row.
 """
 
 import abc
-from typing import Dict, List, NamedTuple
+from typing import Any, Dict, List, NamedTuple
 
 import apache_beam as beam
 
@@ -22,6 +22,21 @@ INT = 'int'
 FLOAT = 'float'
 STRING_LIST = 'string_list'
 RAW_TYPES = (STRING, INT, FLOAT, STRING_LIST)
+
+
+def empty_example(feature_types: Dict[str, str]) -> Dict[str, Any]:
+  """An example with every feature missing: '' strings, [] lists, 0 numbers."""
+  example = {}
+  for name, feature_type in feature_types.items():
+    if feature_type == STRING_LIST:
+      example[name] = []
+    elif feature_type == INT:
+      example[name] = 0
+    elif feature_type == FLOAT:
+      example[name] = 0.0
+    else:
+      example[name] = ''
+  return example
 
 
 class AdapterOutput(NamedTuple):

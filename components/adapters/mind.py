@@ -112,7 +112,7 @@ def _keyed_story(row: readers.Row) -> Iterator:
   news_id, category, subcategory, title, abstract = columns[:5]
   if not news_id.strip():
     raise readers.InvalidRowError('The news id (column 1) is empty.')
-  story = _empty_example()
+  story = base.empty_example(_FEATURE_TYPES)
   story.update(example_id=news_id, news_id=news_id, category=category,
                subcategory=subcategory, title=title, abstract=abstract)
   # The source and row go along so that a duplicate id can be rejected.
@@ -130,7 +130,7 @@ def _keyed_shown_stories(row: readers.Row) -> Iterator:
   entries = _parse_impressions(impressions)
 
   for position, (news_id, click) in enumerate(entries, start=1):
-    example = _empty_example()
+    example = base.empty_example(_FEATURE_TYPES)
     example.update(
         example_id=f'{impression_id}-{position}', news_id=news_id,
         impression_id=impression_id, user_id=user_id,
@@ -163,18 +163,6 @@ def _parse_impressions(text: str) -> List[tuple]:
         'The impression list (column 5) is empty; an impression shows at '
         'least one story.')
   return entries
-
-
-def _empty_example() -> Dict:
-  example = {}
-  for name, feature_type in _FEATURE_TYPES.items():
-    if feature_type == base.STRING_LIST:
-      example[name] = []
-    elif feature_type == base.INT:
-      example[name] = 0
-    else:
-      example[name] = ''
-  return example
 
 
 class _BuildExamples(beam.DoFn):

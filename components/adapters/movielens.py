@@ -305,7 +305,7 @@ def _keyed_rating(row: readers.Row) -> Iterator:
         f'The timestamp (column 4) is {time}, but it must be Unix seconds '
         'after 1970-01-01. ExampleGen reads a time of 0 as no time.')
 
-  example = _empty_example()
+  example = base.empty_example(_FEATURE_TYPES)
   example.update(user_id=str(user_id), item_id=str(item_id), time=time,
                  rating=str(rating))
   yield item_id, (_row_ref(row), example)
@@ -325,7 +325,7 @@ class _MovieParser:
     genres = self._genre_names(columns[_MOVIE_LEADING_COLUMNS:])
     release_year = _release_year(columns[2])
 
-    example = _empty_example()
+    example = base.empty_example(_FEATURE_TYPES)
     example.update(example_id=f'{MOVIE_EXAMPLE_PREFIX}{item_id}',
                    item_id=str(item_id), title=columns[1], genres=genres,
                    release_year=release_year)
@@ -368,18 +368,6 @@ def _keyed_user(row: readers.Row) -> Iterator:
 
   user = dict(zip(_USER_FIELDS, [age] + columns[2:]))
   yield user_id, (_row_ref(row), user)
-
-
-def _empty_example() -> Dict[str, Any]:
-  example = {}
-  for name, feature_type in _FEATURE_TYPES.items():
-    if feature_type == base.STRING_LIST:
-      example[name] = []
-    elif feature_type == base.INT:
-      example[name] = 0
-    else:
-      example[name] = ''
-  return example
 
 
 def _first_definition(definitions) -> Tuple[Optional[tuple], list]:
