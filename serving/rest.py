@@ -199,19 +199,25 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         getter = _metadata_json if match['metadata'] else _status_json
         payload = getter(self.server.predictor.manager, name, version, label)
     except (ServingError, HttpError) as e:
-      status = self._send_error(method, path, e)
+      error = e
     except Exception as e:  # pylint: disable=broad-except
       # A bug must cost one request, not the server.
       logging.exception('REST %s %s failed unexpectedly', method, path)
-      status = self._send_error(
-          method, path,
-          ServingError(grpc.StatusCode.INTERNAL, f'{type(e).__name__}: {e}'))
+      error = ServingError(grpc.StatusCode.INTERNAL,
+                           f'{type(e).__name__}: {e}')
     else:
-      self._send_json(200, payload)
-      status = 'OK'
+      error = None
+
+    # Counted before the response goes out, so a client that scrapes the
+    # metrics right after its response sees its own request.
+    status = 'OK' if error is None else _error_status(error)
     self.server.predictor.metrics.record_request(
         name, request_info['signature_name'], api, 'REST', status,
         (time.monotonic() - started) * 1e6)
+    if error is None:
+      self._send_json(200, payload)
+    else:
+      self._send_error(method, path, error)
 
   def _serve_verb(self, method, verb, name, version, label, request_info):
     path = self.path
@@ -293,19 +299,17 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
 
   # Responses ----------------------------------------------------------------
 
-  def _send_error(self, method: str, path: str, error) -> str:
-    """Write an error response and log it; return the status for metrics."""
+  def _send_error(self, method: str, path: str, error) -> None:
+    """Write an error response and log it."""
     if isinstance(error, HttpError):
-      http_code, status, headers = error.http_code, http.HTTPStatus(
-          error.http_code).name, error.headers
+      http_code, headers = error.http_code, error.headers
     else:
-      http_code, status, headers = _HTTP_CODES.get(error.code, 500), (
-          error.code.name), {}
+      http_code, headers = _HTTP_CODES.get(error.code, 500), {}
     self._discard_body()
     logging.warning('REST %s %s from %s failed with %d %s: %s', method, path,
-                    self.client_address[0], http_code, status, error.message)
+                    self.client_address[0], http_code, _error_status(error),
+                    error.message)
     self._send_json(http_code, {'error': error.message}, headers)
-    return status
 
   def _send_json(self, http_code: int, payload: Any,
                  headers: Optional[Dict[str, str]] = None) -> None:
@@ -328,6 +332,13 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
   def log_message(self, format, *args):  # pylint: disable=redefined-builtin
     # The access log goes to logging at DEBUG, not to stderr.
     logging.debug('REST %s %s', self.address_string(), format % args)
+
+
+def _error_status(error) -> str:
+  """The status name an error is counted under in the metrics."""
+  if isinstance(error, HttpError):
+    return http.HTTPStatus(error.http_code).name
+  return error.code.name
 
 
 class RestServer(http.server.ThreadingHTTPServer):
