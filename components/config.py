@@ -32,9 +32,9 @@ class FeatureConfig:
     type: `text` (tokenized into the shared text sequence), `categorical` (one
       id with its own embedding), `id_sequence` (a list of ids, mean-pooled),
       or `numeric` (z-scored float).
-    vocabulary: for ids, the name of the vocabulary to use; features naming
-      the same vocabulary share ids and embeddings (a click history and the
-      candidate news id, say). Defaults to the feature name.
+    vocabulary: for ids, the name of the vocabulary to use. Features naming
+      the same vocabulary share ids and embeddings, such as a click history
+      and the candidate news id. Defaults to the feature name.
     top_k: keep at most this many ids in the vocabulary.
     frequency_threshold: drop ids seen fewer times in train.
     oov_buckets: hash buckets for ids outside the vocabulary.
@@ -55,7 +55,7 @@ class FeatureConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
-  """How text features are normalized, tokenized and encoded.
+  """Normalization, tokenization and encoding of text features.
 
   Attributes:
     normalization: Unicode normalization form applied before lower-casing.
@@ -86,7 +86,8 @@ class TaskConfig:
   Attributes:
     name: the task name; also the output key of the served model.
     type: `multiclass` or `binary` (a two-way softmax).
-    label: the raw feature that holds the label string ('' means unlabeled).
+    label: the raw feature that contains the label string ('' means
+      unlabeled).
     classes: the label values in order; learned from train when empty.
     positive_class: for `binary`, the label value that counts as positive.
     weight: the task's weight alpha in the summed loss.
@@ -165,7 +166,7 @@ class SplitConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """Where a snapshot is and how to read it.
+  """Location of a snapshot and the adapter that reads it.
 
   Attributes:
     adapter: `amazon_fine_food`, `mind`, `movielens` or `generic`.

@@ -103,7 +103,7 @@ def _task_metrics(task: TaskConfig, data: _EvalData, mask: np.ndarray,
 
 
 def numeric_class_values(task: TaskConfig) -> Optional[List[float]]:
-  """The classes as numbers (ratings "1".."5", say), or None if any is not."""
+  """Return the classes as numbers (ratings "1".."5"), or None if one is not."""
   try:
     return [float(c) for c in task.classes] if task.classes else None
   except ValueError:

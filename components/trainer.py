@@ -1,9 +1,9 @@
 """Trainer: fits the multi-task model and exports the serving SavedModel.
 
-Training reads the transformed examples, keeps the weights of the epoch with
-the lowest validation loss (also written as the best checkpoint), logs to
-TensorBoard, and exports the model with the transform graph attached, so the
-Evaluator scores and the Pusher ships exactly what will be served.
+Training reads the transformed examples and keeps the weights of the epoch
+with the lowest validation loss, also written as the best checkpoint. It logs
+to TensorBoard and exports the model with the transform graph attached, so
+the Evaluator scores and the Pusher ships exactly what will be served.
 """
 
 import itertools

@@ -1,6 +1,6 @@
 """Names of transformed features, labels and model outputs.
 
-Raw feature names come from the config; these helpers derive the names that
+Raw feature names come from the config. These helpers derive the names that
 the transform graph writes and the model reads, so that both sides agree.
 """
 

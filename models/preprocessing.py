@@ -17,7 +17,7 @@ from models.tokenization import tokenize
 
 
 def _dense_strings(value) -> tf.Tensor:
-  """A [batch] string tensor from a FixedLenFeature([]) input."""
+  """Convert a FixedLenFeature([]) input to a [batch] string tensor."""
   if isinstance(value, tf.SparseTensor):
     value = tf.sparse.to_dense(value, default_value='')
     value = tf.squeeze(value, axis=1)
@@ -29,7 +29,7 @@ def _non_empty(values: tf.Tensor) -> tf.Tensor:
 
 
 def _ragged_strings(value) -> tf.RaggedTensor:
-  """A [batch, (values)] ragged string tensor with empty strings dropped."""
+  """Convert a list input to [batch, (values)] ragged strings without ''."""
   if isinstance(value, tf.SparseTensor):
     value = tf.RaggedTensor.from_sparse(value)
   elif not isinstance(value, tf.RaggedTensor):

@@ -36,7 +36,7 @@ class PositionEmbedding(tf.keras.layers.Layer):
 
 
 def _transformer_block(x, config: ModelConfig, regularizer, index: int):
-  """One post-norm encoder block: self-attention, then a feed-forward net."""
+  """Apply one post-norm encoder block: self-attention, then a feed-forward net."""
   dim = config.embedding_dim
   attention = tf.keras.layers.MultiHeadAttention(
       num_heads=config.transformer_heads,

@@ -151,7 +151,7 @@ def split_outputs(outputs: Mapping[str, np.ndarray],
 
 
 class _Task:
-  """A request waiting in a queue, and its result once the batch ran."""
+  """Request waiting in a queue, with its result once the batch ran."""
 
   def __init__(self, inputs: Dict[str, np.ndarray], size: int):
     self.inputs = inputs

@@ -209,7 +209,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
       error = None
 
     # Counted before the response goes out, so a client that scrapes the
-    # metrics right after its response sees its own request.
+    # metrics right after its response finds its own request counted.
     status = 'OK' if error is None else _error_status(error)
     self.server.predictor.metrics.record_request(
         name, request_info['signature_name'], api, 'REST', status,
@@ -335,7 +335,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
 
 
 def _error_status(error) -> str:
-  """The status name an error is counted under in the metrics."""
+  """Return the status name that the metrics count an error under."""
   if isinstance(error, HttpError):
     return http.HTTPStatus(error.http_code).name
   return error.code.name

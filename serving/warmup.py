@@ -19,7 +19,7 @@ from components.config import PipelineConfig
 
 def request_inputs(config: PipelineConfig, raw_spec,
                    example: tf.train.Example) -> Dict[str, np.ndarray]:
-  """The `serving_default` inputs of one raw example, batch of one."""
+  """Build the `serving_default` inputs of one raw example, batch of one."""
   inputs = {}
   feature_map = example.features.feature
   for feature in config.features:

@@ -25,7 +25,7 @@ RAW_TYPES = (STRING, INT, FLOAT, STRING_LIST)
 
 
 def empty_example(feature_types: Dict[str, str]) -> Dict[str, Any]:
-  """An example with every feature missing: '' strings, [] lists, 0 numbers."""
+  """Build an example with every feature missing: '', [] or 0."""
   example = {}
   for name, feature_type in feature_types.items():
     if feature_type == STRING_LIST:
@@ -40,7 +40,7 @@ def empty_example(feature_types: Dict[str, str]) -> Dict[str, Any]:
 
 
 class AdapterOutput(NamedTuple):
-  """What `DatasetAdapter.read` returns.
+  """Outputs of `DatasetAdapter.read`.
 
   Attributes:
     examples: raw example dicts.
@@ -69,7 +69,7 @@ class DatasetAdapter(abc.ABC):
 
   @abc.abstractmethod
   def input_files(self) -> List[str]:
-    """The files read, for fingerprinting the snapshot."""
+    """Return the files read, for fingerprinting the snapshot."""
 
   @abc.abstractmethod
   def read(self, pipeline: beam.Pipeline) -> AdapterOutput:
