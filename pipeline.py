@@ -65,7 +65,8 @@ def _example_gen(runner, config, data_path, beam_args):
             'data_fingerprint': artifacts.fingerprint_files(
                 adapter.input_files())}
   return runner.run('example_gen', inputs,
-                    [config.data, config.split, config.features, config.tasks],
+                    [config.data, config.split, config.features, config.tasks,
+                     config.history],
                     execute)
 
 
@@ -151,7 +152,7 @@ def _trainer(runner, config, examples, transformed):
 
   return runner.run('trainer', {'transform': transformed.fingerprint},
                     [config.model, config.trainer, config.tasks, config.seed,
-                     config.model_name], execute)
+                     config.model_name, config.serving], execute)
 
 
 def _evaluator(runner, config, examples, model, serving_dir):
@@ -282,7 +283,7 @@ def format_summary(summary: Dict[str, Any]) -> str:
     lines.append(f'  {component["component"]:<18} {component["status"]:<7} '
                  f'{component["seconds"]:>7.1f} s')
   if 'tasks' in summary:
-    lines += ['', f'{"task":<12} {"metric":<16} {"model":>8} {"baseline":>9}'
+    lines += ['', f'{"task":<12} {"metric":<24} {"model":>8} {"baseline":>9}'
               f' {"served":>8}']
     for task, result in summary['tasks'].items():
       for name, value in result['metrics'].items():
@@ -291,11 +292,12 @@ def format_summary(summary: Dict[str, Any]) -> str:
         served = (result['served'] or {}).get(name)
         main = '*' if name == result['main_metric'] else ' '
         lines.append(
-            f'{task:<12} {name + main:<16} {value:>8.4f} '
+            f'{task:<12} {name + main:<24} {value:>8.4f} '
             f'{result["baseline"].get(name, float("nan")):>9.4f} '
             f'{"" if served is None else f"{served:.4f}":>8}')
     lines.append('(* main metric; baseline: the majority class, the train '
-                 'mean for rmse, train-split popularity for clicks)')
+                 'mean for rmse, train-split popularity for clicks and '
+                 'retrieval, train prevalence for multi-label)')
   push = summary.get('push')
   if push:
     lines.append('')

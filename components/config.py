@@ -13,10 +13,16 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 FEATURE_TYPES = ('text', 'categorical', 'id_sequence', 'numeric')
-TASK_TYPES = ('multiclass', 'binary')
+TASK_TYPES = ('multiclass', 'binary', 'multilabel', 'retrieval')
 TRUNKS = ('lstm', 'bilstm', 'transformer')
 CLASS_METRICS = ('accuracy', 'macro_f1', 'macro_precision', 'macro_recall')
 CLICK_METRICS = ('auc', 'group_auc', 'mrr', 'ndcg@5', 'ndcg@10')
+MULTILABEL_METRICS = ('macro_f1', 'mean_average_precision')
+
+
+def top_k_metric(k: int) -> str:
+  """Name of a retrieval task's top-K accuracy metric."""
+  return f'top_{k}_accuracy'
 
 
 class ConfigError(ValueError):
@@ -81,13 +87,17 @@ class TextConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
-  """One prediction task: a softmax head with its label and metrics.
+  """One prediction task: a head with its label and metrics.
 
   Attributes:
     name: the task name; also the output key of the served model.
-    type: `multiclass` or `binary` (a two-way softmax).
-    label: the raw feature that contains the label string ('' means
-      unlabeled).
+    type: `multiclass` (a softmax), `binary` (a two-way softmax),
+      `multilabel` (one sigmoid per class, for a label that is a list of
+      values) or `retrieval` (a two-tower model scoring every candidate for a
+      query).
+    label: the raw feature that contains the label string ('' or an empty
+      list means unlabeled). For `retrieval`, the candidate id the query
+      interacted with.
     classes: the label values in order; learned from train when empty.
     positive_class: for `binary`, the label value that counts as positive.
     weight: the task's weight alpha in the summed loss.
@@ -99,6 +109,30 @@ class TaskConfig:
       per-impression AUC, MRR and nDCG.
     popularity_key: for click tasks, the item feature whose train-split
       click-through rate is the popularity baseline.
+    unlabelled_when_set: a raw feature whose non-empty value marks rows that
+      carry no label for this task. An item attribute that interaction rows
+      repeat (a movie's genres on each of its ratings) is learned from the
+      item's own rows only, so the item's split decides where it is seen.
+    query_key: for `retrieval`, the raw feature that identifies the query
+      (the user id); a row is a positive pair when it and `label` are set.
+    query_features: for `retrieval`, the features of the query tower.
+    candidate_features: for `retrieval`, the features of the candidate tower;
+      the first one is the candidate id.
+    display_feature: for `retrieval`, a candidate feature returned with each
+      recommended id (a title).
+    embedding_dim: for `retrieval`, the size of both towers' output.
+    logq_correction: for `retrieval`, subtract log(sampling probability) of
+      each in-batch candidate from its logit, so that popular candidates are
+      not penalized for appearing as negatives more often.
+    remove_accidental_hits: for `retrieval`, drop in-batch negatives that are
+      the query's positive candidate.
+    temperature: for `retrieval`, the softmax temperature the logits are
+      divided by.
+    normalize_embeddings: for `retrieval`, scale both towers' outputs to
+      unit length, so that scores are cosine similarities (use with a
+      temperature below 1).
+    top_ks: for `retrieval`, the K of each reported top-K accuracy.
+    max_k: for `retrieval`, the largest K a `recommend` request may ask for.
   """
   name: str
   type: str
@@ -110,6 +144,23 @@ class TaskConfig:
   main_metric: str = ''
   group_key: Optional[str] = None
   popularity_key: Optional[str] = None
+  unlabelled_when_set: Optional[str] = None
+  query_key: Optional[str] = None
+  query_features: Sequence[str] = ()
+  candidate_features: Sequence[str] = ()
+  display_feature: Optional[str] = None
+  embedding_dim: int = 64
+  logq_correction: bool = True
+  remove_accidental_hits: bool = True
+  temperature: float = 1.0
+  normalize_embeddings: bool = False
+  top_ks: Sequence[int] = (10, 50, 100)
+  max_k: int = 100
+
+  @property
+  def candidate_id(self) -> str:
+    """For `retrieval`, the candidate feature that identifies a candidate."""
+    return self.candidate_features[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +263,54 @@ class ValidationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class HistoryConfig:
+  """A per-user history feature that ExampleGen builds from the train split.
+
+  Each example gets `name`: the items that its user interacted with in the
+  train split, oldest first, at most `max_length` of the most recent. A
+  train example's own item is left out of its history, so the model never
+  sees the answer among its inputs. Validation and eval examples get the
+  user's whole train history, and no validation or eval interaction reaches
+  any history.
+
+  Attributes:
+    name: the raw feature written; list it in `features` as an
+      `id_sequence` with the item vocabulary to use it.
+    user_key: the raw feature that identifies the user.
+    item_key: the raw feature that identifies the item.
+    time_key: the raw feature that orders a user's items.
+    max_length: the most recent items kept.
+  """
+  name: str = 'history'
+  user_key: str = 'user_id'
+  item_key: str = 'item_id'
+  time_key: str = 'time'
+  max_length: int = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingConfig:
+  """Shapes of the exported `recommend` and `rank` signatures.
+
+  Attributes:
+    rank_task: the task whose score `rank` returns per candidate: a
+      `retrieval` task (the dot product of the towers) or a `binary` task
+      (the probability of the positive class). Defaults to the retrieval
+      task, else the first binary task.
+    query_features: without a retrieval task, the features of the query
+      that `rank` repeats for each candidate (the user and the history).
+    candidate_features: without a retrieval task, the features `rank` looks
+      up per candidate id in the catalogue; the first is the id.
+    query_key: without a retrieval task, the feature that identifies the
+      query, whose rows count towards a candidate's popularity.
+  """
+  rank_task: Optional[str] = None
+  query_features: Sequence[str] = ()
+  candidate_features: Sequence[str] = ()
+  query_key: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
   """A whole pipeline: data, features, tasks, model and training."""
   pipeline_name: str
@@ -225,11 +324,37 @@ class PipelineConfig:
   trainer: TrainerConfig = TrainerConfig()
   evaluator: EvaluatorConfig = EvaluatorConfig()
   validation: ValidationConfig = ValidationConfig()
+  history: Optional[HistoryConfig] = None
+  serving: ServingConfig = ServingConfig()
   seed: int = 42
   source_path: str = ''
 
   def features_of_type(self, feature_type: str) -> List[FeatureConfig]:
     return [f for f in self.features if f.type == feature_type]
+
+  def tasks_of_type(self, task_type: str) -> List[TaskConfig]:
+    return [t for t in self.tasks if t.type == task_type]
+
+  @property
+  def retrieval_task(self) -> Optional[TaskConfig]:
+    tasks = self.tasks_of_type('retrieval')
+    return tasks[0] if tasks else None
+
+  def feature(self, name: str) -> FeatureConfig:
+    for feature in self.features:
+      if feature.name == name:
+        return feature
+    raise KeyError(f'No feature named {name!r} in {self.source_path}.')
+
+  @property
+  def rank_task(self) -> Optional[TaskConfig]:
+    """The task that the `rank` signature scores candidates with."""
+    if self.serving.rank_task:
+      return self.task(self.serving.rank_task)
+    if self.retrieval_task:
+      return self.retrieval_task
+    binary = self.tasks_of_type('binary')
+    return binary[0] if binary else None
 
   def task(self, name: str) -> TaskConfig:
     for task in self.tasks:
@@ -300,6 +425,21 @@ def _parse_trainer(values: Any, source: str) -> TrainerConfig:
   return trainer
 
 
+def _parse_history(values: Any, source: str) -> Optional[HistoryConfig]:
+  if values is None:
+    return None
+  return _build(HistoryConfig, values, 'history', source)
+
+
+def _parse_serving(values: Any, source: str) -> ServingConfig:
+  values = dict(values or {}) if isinstance(values, dict) else values
+  if isinstance(values, dict):
+    for key in ('query_features', 'candidate_features'):
+      if key in values:
+        values[key] = tuple(str(v) for v in values[key] or ())
+  return _build(ServingConfig, values, 'serving', source)
+
+
 def _validate(config: PipelineConfig, source: str) -> None:
   """Cross-checks between sections."""
   names = [f.name for f in config.features]
@@ -329,8 +469,25 @@ def _validate(config: PipelineConfig, source: str) -> None:
              source, f'binary task {task.name!r} needs two `classes` and a '
              f'`positive_class` among them, got classes={list(task.classes)} '
              f'positive_class={task.positive_class!r}.')
-    valid_metrics = CLASS_METRICS + (CLICK_METRICS if task.type == 'binary'
-                                     else ())
+    if task.type == 'retrieval':
+      _validate_retrieval(config, task, source)
+      valid_metrics = tuple(top_k_metric(k) for k in task.top_ks)
+    elif task.type == 'multilabel':
+      _check(bool(task.classes), source,
+             f'multilabel task {task.name!r} needs its `classes` listed.')
+      _check(task.class_weighting == 'none', source,
+             f'multilabel task {task.name!r} supports class_weighting none '
+             f'only, got {task.class_weighting!r}.')
+      valid_metrics = MULTILABEL_METRICS
+    else:
+      valid_metrics = CLASS_METRICS + (CLICK_METRICS if task.type == 'binary'
+                                       else ())
+    if task.unlabelled_when_set:
+      _check(task.unlabelled_when_set in names or
+             task.unlabelled_when_set in _history_names(config), source,
+             f'task {task.name!r}: unlabelled_when_set '
+             f'{task.unlabelled_when_set!r} is not a feature; features are '
+             f'{names}.')
     _check(task.main_metric in valid_metrics, source,
            f'task {task.name!r} has main_metric {task.main_metric!r}; valid '
            f'metrics for a {task.type} task are {list(valid_metrics)}.')
@@ -338,6 +495,34 @@ def _validate(config: PipelineConfig, source: str) -> None:
       _check(bool(task.group_key), source,
              f'task {task.name!r}: main_metric {task.main_metric} needs '
              '`group_key` (the impression id feature).')
+
+  _check(len(config.tasks_of_type('retrieval')) <= 1, source,
+         'at most one retrieval task is supported, got '
+         f'{[t.name for t in config.tasks_of_type("retrieval")]}.')
+  if config.serving.rank_task:
+    _check(config.serving.rank_task in task_names, source,
+           f'serving.rank_task {config.serving.rank_task!r} is not a task; '
+           f'tasks are {task_names}.')
+    _check(config.task(config.serving.rank_task).type in ('retrieval',
+                                                          'binary'), source,
+           f'serving.rank_task {config.serving.rank_task!r} must name a '
+           'retrieval or binary task.')
+  serving_features = (list(config.serving.query_features) +
+                      list(config.serving.candidate_features))
+  unknown = sorted(set(serving_features) - set(names))
+  _check(not unknown, source,
+         f'serving names feature(s) {unknown} that are not in `features` '
+         f'({names}).')
+  if (config.rank_task is not None and config.rank_task.type == 'binary'
+      and config.serving.rank_task):
+    _check(bool(config.serving.query_features) and
+           bool(config.serving.candidate_features), source,
+           f'serving.rank_task {config.serving.rank_task!r} needs '
+           'serving.query_features and serving.candidate_features.')
+  if config.history:
+    _check(config.history.max_length > 0, source,
+           'history.max_length must be positive, got '
+           f'{config.history.max_length}.')
 
   _check(config.model.trunk in TRUNKS, source,
          f'model.trunk must be one of {list(TRUNKS)}, got '
@@ -360,7 +545,67 @@ def _validate(config: PipelineConfig, source: str) -> None:
            f'tasks are {task_names}.')
 
 
+def _history_names(config: PipelineConfig) -> List[str]:
+  return [config.history.name] if config.history else []
+
+
+def _validate_retrieval(config: PipelineConfig, task: TaskConfig,
+                        source: str) -> None:
+  """A retrieval task splits every feature between its two towers."""
+  names = [f.name for f in config.features]
+  _check(bool(task.query_key), source,
+         f'retrieval task {task.name!r} needs `query_key` (the user id '
+         'feature).')
+  _check(bool(task.query_features) and bool(task.candidate_features), source,
+         f'retrieval task {task.name!r} needs `query_features` and '
+         '`candidate_features`.')
+  towers = list(task.query_features) + list(task.candidate_features)
+  unknown = sorted(set(towers) - set(names))
+  _check(not unknown, source,
+         f'retrieval task {task.name!r} names feature(s) {unknown} that are '
+         f'not in `features` ({names}).')
+  both = sorted(set(task.query_features) & set(task.candidate_features))
+  _check(not both, source,
+         f'retrieval task {task.name!r}: feature(s) {both} are in both '
+         'towers; each feature belongs to one.')
+  missing = [n for n in names if n not in towers]
+  _check(not missing, source,
+         f'retrieval task {task.name!r}: feature(s) {missing} are in '
+         'neither `query_features` nor `candidate_features`.')
+  text_in_query = [n for n in task.query_features
+                   if config.feature(n).type == 'text']
+  _check(not text_in_query, source,
+         f'retrieval task {task.name!r}: text feature(s) {text_in_query} '
+         'must be candidate features; the shared text trunk encodes the '
+         'candidate.')
+  candidate_id = config.feature(task.candidate_id)
+  _check(candidate_id.type == 'categorical', source,
+         f'retrieval task {task.name!r}: the first candidate feature '
+         f'{task.candidate_id!r} must be the categorical candidate id, got '
+         f'type {candidate_id.type!r}.')
+  _check(task.label == task.candidate_id, source,
+         f'retrieval task {task.name!r}: `label` ({task.label!r}) must be '
+         f'the candidate id feature {task.candidate_id!r}.')
+  if task.display_feature:
+    _check(task.display_feature in task.candidate_features, source,
+           f'retrieval task {task.name!r}: display_feature '
+           f'{task.display_feature!r} must be a candidate feature.')
+  _check(bool(task.top_ks) and all(k > 0 for k in task.top_ks) and
+         task.max_k >= max(task.top_ks), source,
+         f'retrieval task {task.name!r}: top_ks must be positive and at '
+         f'most max_k, got top_ks={list(task.top_ks)} max_k={task.max_k}.')
+  _check(task.temperature > 0, source,
+         f'retrieval task {task.name!r}: temperature must be positive, got '
+         f'{task.temperature}.')
+  _check(task.embedding_dim > 0, source,
+         f'retrieval task {task.name!r}: embedding_dim must be positive.')
+
+
 def _default_main_metric(task: Dict[str, Any]) -> str:
+  if task.get('type') == 'retrieval':
+    return top_k_metric(max(task.get('top_ks') or TaskConfig.top_ks))
+  if task.get('type') == 'multilabel':
+    return 'mean_average_precision'
   if task.get('group_key'):
     return 'group_auc'
   return 'macro_f1'
@@ -394,6 +639,11 @@ def parse_config(raw: Any, source: str = '<config>') -> PipelineConfig:
     t = dict(t or {})
     t.setdefault('main_metric', _default_main_metric(t))
     t['classes'] = tuple(str(c) for c in t.get('classes', ()))
+    for key in ('query_features', 'candidate_features'):
+      if key in t:
+        t[key] = tuple(str(v) for v in t[key] or ())
+    if 'top_ks' in t:
+      t['top_ks'] = tuple(int(k) for k in t['top_ks'] or ())
     if t.get('positive_class') is not None:
       t['positive_class'] = str(t['positive_class'])
     tasks.append(_build(TaskConfig, t, f'tasks[{i}]', source))
@@ -415,6 +665,8 @@ def parse_config(raw: Any, source: str = '<config>') -> PipelineConfig:
                        'evaluator', source),
       validation=_build(ValidationConfig, raw.pop('validation', None),
                         'validation', source),
+      history=_parse_history(raw.pop('history', None), source),
+      serving=_parse_serving(raw.pop('serving', None), source),
       seed=int(raw.pop('seed', 42)),
       source_path=source,
   )

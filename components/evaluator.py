@@ -22,8 +22,11 @@ from components import artifacts
 from components import metrics as metric_lib
 from components.config import PipelineConfig, TaskConfig
 from models import features
+from models import recommend
 
 PREDICT_BATCH_SIZE = 512
+# Impressions per `rank` call.
+RANK_BATCH_GROUPS = 64
 METRICS_FILE = 'metrics.json'
 REPORT_FILE = 'report.md'
 BLESSED_FILE = 'BLESSED'
@@ -46,7 +49,8 @@ class _EvalData(NamedTuple):
   values: Dict[str, list]
 
 
-def _feature_values(example: tf.train.Example, name: str):
+def _feature_values(example: tf.train.Example, name: str,
+                    as_list: bool = False):
   feature = example.features.feature.get(name)
   if feature is None:
     return None
@@ -54,16 +58,19 @@ def _feature_values(example: tf.train.Example, name: str):
   values = list(getattr(feature, kind).value) if kind else []
   if kind == 'bytes_list':
     values = [v.decode('utf-8') for v in values]
+  if as_list:
+    return values
   return values[0] if values else ''
 
 
-def _read_split(examples_dir: str, split: str, keys: List[str]) -> _EvalData:
+def _read_split(examples_dir: str, split: str, keys: List[str],
+                list_keys=frozenset()) -> _EvalData:
   serialized, values = [], collections.defaultdict(list)
   for record in artifacts.read_records(examples_dir, split):
     serialized.append(record)
     example = tf.train.Example.FromString(record)
     for key in keys:
-      values[key].append(_feature_values(example, key))
+      values[key].append(_feature_values(example, key, key in list_keys))
   return _EvalData(serialized, dict(values))
 
 
@@ -84,7 +91,141 @@ def predict_examples(model_dir: str, serialized: List[bytes]
 
 
 def _labelled(task: TaskConfig, data: _EvalData) -> np.ndarray:
-  return np.array([label != '' for label in data.values[task.label]])
+  """Rows that carry the task's label (for retrieval: a query-item pair)."""
+  labelled = np.array([bool(label) for label in data.values[task.label]],
+                      dtype=bool)
+  if task.type == 'retrieval':
+    labelled &= np.array([bool(q) for q in data.values[task.query_key]],
+                         dtype=bool)
+  if task.unlabelled_when_set:
+    labelled &= np.array([not v for v in
+                          data.values[task.unlabelled_when_set]], dtype=bool)
+  return labelled
+
+
+def recommend_examples(model_dir: str, serialized: List[bytes], k: int
+                       ) -> np.ndarray:
+  """Run a SavedModel's `recommend` signature on raw examples' query features.
+
+  Returns:
+    [examples, k] recommended ids, best first, nothing excluded.
+  """
+  loaded = tf.saved_model.load(model_dir)
+  if 'recommend' not in loaded.signatures:
+    raise ValueError(f'The SavedModel at {model_dir} has no `recommend` '
+                     f'signature; it has {sorted(loaded.signatures)}.')
+  signature = loaded.signatures['recommend']
+  parse_spec = _parse_spec(signature,
+                           {recommend.K_INPUT, recommend.EXCLUDE_INPUT})
+  ids = []
+  for start in range(0, len(serialized), PREDICT_BATCH_SIZE):
+    batch = tf.io.parse_example(
+        tf.constant(serialized[start:start + PREDICT_BATCH_SIZE]), parse_spec)
+    inputs = {name: (tf.sparse.to_dense(value, default_value='')
+                     if isinstance(value, tf.SparseTensor) else value)
+              for name, value in batch.items()}
+    size = int(tf.shape(next(iter(inputs.values())))[0])
+    inputs[recommend.K_INPUT] = tf.fill([size], tf.constant(k, tf.int32))
+    inputs[recommend.EXCLUDE_INPUT] = tf.fill([size, 0], '')
+    outputs = signature(**inputs)
+    ids.append(outputs[recommend.ITEM_IDS].numpy().astype(str))
+  return (np.concatenate(ids) if ids else
+          np.zeros([0, k], dtype=str)).astype(object)
+
+
+def _parse_spec(signature, skip) -> Dict[str, object]:
+  """A parse_example spec for a signature's raw-feature inputs."""
+  spec = {}
+  for name, tensor_spec in signature.structured_input_signature[1].items():
+    if name in skip:
+      continue
+    spec[name] = (tf.io.VarLenFeature(tensor_spec.dtype)
+                  if tensor_spec.shape.rank == 2 else tf.io.FixedLenFeature(
+                      [], tensor_spec.dtype,
+                      default_value='' if tensor_spec.dtype == tf.string
+                      else 0))
+  return spec
+
+
+def rank_scores(model_dir: str, task: TaskConfig, data: _EvalData,
+                mask: np.ndarray, candidate_id: str) -> np.ndarray:
+  """Score each labelled example through the `rank` signature.
+
+  The examples of one `task.group_key` value (an impression) form one rank
+  request: the first example's query features, and every example's
+  candidate id.
+
+  Returns:
+    One score per example; NaN where `mask` is False.
+  """
+  loaded = tf.saved_model.load(model_dir)
+  if 'rank' not in loaded.signatures:
+    raise ValueError(f'The SavedModel at {model_dir} has no `rank` '
+                     f'signature; it has {sorted(loaded.signatures)}.')
+  signature = loaded.signatures['rank']
+  spec = _parse_spec(signature, {recommend.CANDIDATES_INPUT})
+  groups = collections.defaultdict(list)
+  for index in np.flatnonzero(mask):
+    groups[data.values[task.group_key][index]].append(index)
+  scores = np.full(len(mask), np.nan)
+  ordered = list(groups.values())
+  for start in range(0, len(ordered), RANK_BATCH_GROUPS):
+    batch = ordered[start:start + RANK_BATCH_GROUPS]
+    queries = tf.io.parse_example(
+        tf.constant([data.serialized[rows[0]] for rows in batch]), spec)
+    inputs = {name: (tf.sparse.to_dense(value, default_value='')
+                     if isinstance(value, tf.SparseTensor) else value)
+              for name, value in queries.items()}
+    width = max(len(rows) for rows in batch)
+    inputs[recommend.CANDIDATES_INPUT] = tf.constant(
+        [[data.values[candidate_id][i] for i in rows] +
+         [''] * (width - len(rows)) for rows in batch])
+    batch_scores = signature(**inputs)[recommend.SCORES].numpy()
+    for row, rows in enumerate(batch):
+      scores[rows] = batch_scores[row, :len(rows)]
+  return scores
+
+
+def _retrieval_metrics(task: TaskConfig, model_dir: str, data: _EvalData,
+                       mask: np.ndarray) -> Dict[str, float]:
+  rows = [record for record, keep in zip(data.serialized, mask) if keep]
+  ranked = recommend_examples(model_dir, rows, max(task.top_ks))
+  true_ids = np.array(data.values[task.label], dtype=object)[mask]
+  return metric_lib.top_k_accuracy(ranked, true_ids, task.top_ks)
+
+
+def _retrieval_baseline(task: TaskConfig, train: _EvalData, data: _EvalData,
+                        mask: np.ndarray) -> Dict[str, float]:
+  """The most popular train items, the same list for every query."""
+  train_mask = _labelled(task, train)
+  counts = collections.Counter(
+      np.array(train.values[task.label], dtype=object)[train_mask])
+  popular = sorted(counts, key=lambda i: (-counts[i], i))[:max(task.top_ks)]
+  true_ids = np.array(data.values[task.label], dtype=object)[mask]
+  ranked = np.array([popular] * len(true_ids), dtype=object).reshape(
+      len(true_ids), len(popular))
+  return metric_lib.top_k_accuracy(ranked, true_ids, task.top_ks)
+
+
+def _multi_hot(task: TaskConfig, data: _EvalData,
+               mask: np.ndarray) -> np.ndarray:
+  index = {c: i for i, c in enumerate(task.classes)}
+  rows = np.array(data.values[task.label], dtype=object)[mask]
+  result = np.zeros([len(rows), len(task.classes)], dtype=np.int64)
+  for row, values in enumerate(rows):
+    for value in values:
+      if value in index:
+        result[row, index[value]] = 1
+  return result
+
+
+def _multilabel_baseline(task: TaskConfig, train: _EvalData, data: _EvalData,
+                         mask: np.ndarray) -> Dict[str, float]:
+  """Each class scored by its share of the labelled train rows."""
+  prevalence = _multi_hot(task, train, _labelled(task, train)).mean(axis=0)
+  labels = _multi_hot(task, data, mask)
+  return metric_lib.multilabel_metrics(
+      labels, np.tile(prevalence, (len(labels), 1)))
 
 
 def _task_metrics(task: TaskConfig, data: _EvalData, mask: np.ndarray,
@@ -116,8 +257,23 @@ def _true_values(task: TaskConfig, data: _EvalData,
       np.float64)
 
 
+def _ranks_through_signature(config: PipelineConfig, task: TaskConfig) -> bool:
+  """Whether a binary task's ranking metrics come from the `rank` signature."""
+  return (recommend.serves_rank(config) and config.rank_task is not None and
+          config.rank_task.name == task.name and task.type == 'binary' and
+          bool(task.group_key))
+
+
 def _model_task_metrics(task: TaskConfig, data: _EvalData, mask: np.ndarray,
-                        outputs: Dict[str, np.ndarray]) -> Dict[str, float]:
+                        outputs: Dict[str, np.ndarray],
+                        ranked_scores: Optional[np.ndarray] = None
+                        ) -> Dict[str, float]:
+  """Metrics of a model's outputs; `ranked_scores` replace the positive-class
+  probabilities of a binary task when given (the `rank` signature's)."""
+  if task.type == 'multilabel':
+    return metric_lib.multilabel_metrics(
+        _multi_hot(task, data, mask),
+        outputs[features.probabilities_output(task.name)][mask])
   labels = np.array([v.decode('utf-8') for v in
                      outputs[features.label_output(task.name)]], dtype=object)
   probabilities = outputs[features.probabilities_output(task.name)]
@@ -125,6 +281,8 @@ def _model_task_metrics(task: TaskConfig, data: _EvalData, mask: np.ndarray,
   if task.type == 'binary':
     index = list(task.classes).index(task.positive_class)
     positive_scores = probabilities[:, index]
+    if ranked_scores is not None:
+      positive_scores = ranked_scores
   result = _task_metrics(task, data, mask, labels, positive_scores)
   class_values = numeric_class_values(task)
   if task.type == 'multiclass' and class_values:
@@ -136,6 +294,10 @@ def _model_task_metrics(task: TaskConfig, data: _EvalData, mask: np.ndarray,
 def _baseline_metrics(task: TaskConfig, train: _EvalData, data: _EvalData,
                       mask: np.ndarray) -> Dict[str, float]:
   """Majority class of train; for click tasks, train-split item CTR."""
+  if task.type == 'multilabel':
+    return _multilabel_baseline(task, train, data, mask)
+  if task.type == 'retrieval':
+    return _retrieval_baseline(task, train, data, mask)
   train_labels = [v for v in train.values[task.label] if v != '']
   counts = collections.Counter(train_labels)
   majority = (min(counts, key=lambda label: (-counts[label], label))
@@ -191,8 +353,15 @@ def _value_keys(config: PipelineConfig) -> List[str]:
   keys = set()
   for task in config.tasks:
     keys.add(task.label)
-    keys.update(k for k in (task.group_key, task.popularity_key) if k)
+    keys.update(k for k in (task.group_key, task.popularity_key,
+                            task.query_key, task.unlabelled_when_set) if k)
+  keys.update(config.serving.candidate_features[:1])
   return sorted(keys)
+
+
+def _list_keys(config: PipelineConfig) -> frozenset:
+  return frozenset(task.label for task in config.tasks
+                   if task.type == 'multilabel')
 
 
 def _bless(config: PipelineConfig, task_results: Dict[str, dict],
@@ -256,8 +425,8 @@ def run_evaluator(config: PipelineConfig, examples_dir: str, model_dir: str,
     The blessing, the reasons against it, and the metrics per task.
   """
   keys = _value_keys(config)
-  eval_data = _read_split(examples_dir, 'eval', keys)
-  train_data = _read_split(examples_dir, 'train', keys)
+  eval_data = _read_split(examples_dir, 'eval', keys, _list_keys(config))
+  train_data = _read_split(examples_dir, 'train', keys, _list_keys(config))
   if not eval_data.serialized:
     raise ValueError(f'The eval split in {examples_dir} is empty; lower '
                      'split.eval_fraction or add data.')
@@ -276,13 +445,32 @@ def run_evaluator(config: PipelineConfig, examples_dir: str, model_dir: str,
   task_results = {}
   for task in config.tasks:
     mask = _labelled(task, eval_data)
+    if task.type == 'retrieval':
+      candidate_metrics = _retrieval_metrics(task, model_dir, eval_data, mask)
+    elif _ranks_through_signature(config, task):
+      candidate_metrics = _model_task_metrics(
+          task, eval_data, mask, candidate,
+          rank_scores(model_dir, task, eval_data, mask,
+                      config.serving.candidate_features[0]))
+    else:
+      candidate_metrics = _model_task_metrics(task, eval_data, mask,
+                                              candidate)
     result = {
         'main_metric': task.main_metric,
-        'candidate': _model_task_metrics(task, eval_data, mask, candidate),
+        'examples': int(mask.sum()),
+        'candidate': candidate_metrics,
         'baseline': _baseline_metrics(task, train_data, eval_data, mask),
         'served': None,
     }
-    if served is not None and features.label_output(task.name) in served:
+    if served is not None and task.type == 'retrieval':
+      try:
+        result['served'] = _retrieval_metrics(task, served_model_dir,
+                                              eval_data, mask)
+      except ValueError as e:
+        logging.warning('Evaluator: the served version is not compared on '
+                        '%s: %s', task.name, e)
+    elif served is not None and (features.probabilities_output(task.name)
+                                 in served):
       result['served'] = _model_task_metrics(task, eval_data, mask, served)
     task_results[task.name] = result
 

@@ -37,7 +37,7 @@ from components.adapters import base
 from components.adapters import generic
 from components.adapters import mind
 from components.adapters import movielens
-from components.config import PipelineConfig
+from components.config import HistoryConfig, PipelineConfig
 
 TRAIN = 'train'
 VALIDATION = 'validation'
@@ -122,7 +122,7 @@ def run_example_gen(config: PipelineConfig, data_path: str, output_dir: str,
       are rejected. The rejected rows are written first.
   """
   adapter = get_adapter(config, data_path)
-  feature_types = adapter.feature_types()
+  feature_types = output_feature_types(config, adapter)
   _check_config_features(config, feature_types, adapter.name)
   input_files = adapter.input_files()
   if not input_files:
@@ -138,6 +138,30 @@ def run_example_gen(config: PipelineConfig, data_path: str, output_dir: str,
     _build_pipeline(pipeline, adapter, config, feature_types, output_dir)
 
   return _finish(config, feature_types, output_dir)
+
+
+def output_feature_types(config: PipelineConfig,
+                         adapter: base.DatasetAdapter) -> Dict[str, str]:
+  """The adapter's features, plus the history feature that ExampleGen adds."""
+  feature_types = adapter.feature_types()
+  history = config.history
+  if history is None:
+    return feature_types
+  if history.name in feature_types:
+    raise ValueError(
+        f'{config.source_path}: history.name {history.name!r} is already a '
+        f'feature of the {adapter.name} adapter; give the history another '
+        'name.')
+  needed = {history.user_key: (base.STRING,), history.item_key: (base.STRING,),
+            history.time_key: (base.INT, base.FLOAT)}
+  for key, types in needed.items():
+    if feature_types.get(key) not in types:
+      raise ValueError(
+          f'{config.source_path}: history needs feature {key!r} of type '
+          f'{" or ".join(types)}, but the {adapter.name} adapter writes '
+          f'{feature_types.get(key, "no such feature")!r}.')
+  feature_types[history.name] = base.STRING_LIST
+  return feature_types
 
 
 def _check_config_features(config: PipelineConfig,
@@ -180,6 +204,8 @@ def _build_pipeline(pipeline: beam.Pipeline, adapter: base.DatasetAdapter,
                     output_dir: str) -> None:
   read = adapter.read(pipeline)
   splits = _split_examples(read.examples, config)
+  if config.history:
+    splits = add_train_histories(splits, config.history)
 
   count_parts = []
   for split, examples in zip(SPLITS, splits):
@@ -237,6 +263,50 @@ def _split_examples(examples: beam.PCollection,
                | 'SplitExamples' >> beam.Partition(
                    _split_index, len(SPLITS), split.hash_key, split.time_key,
                    split.validation_fraction, split.eval_fraction, cutoffs))
+
+
+def add_train_histories(splits: Sequence[beam.PCollection],
+                        history: HistoryConfig) -> Tuple[beam.PCollection, ...]:
+  """Give each example its user's train-split items as `history.name`.
+
+  Only train interactions are grouped into histories, so no validation or
+  eval interaction can reach a model input.
+  """
+  user_items = (
+      splits[SPLITS.index(TRAIN)]
+      | 'KeyTrainItemsByUser' >> beam.FlatMap(_user_item, history)
+      | 'GroupTrainItemsByUser' >> beam.GroupByKey()
+      | 'OrderTrainItems' >> beam.MapTuple(
+          lambda user, items: (user, [item for _, item in sorted(items)])))
+  with_histories = []
+  for split, examples in zip(SPLITS, splits):
+    name = split.capitalize()
+    with_histories.append(
+        {'items': user_items,
+         'examples': examples | f'Key{name}ByUser' >> beam.Map(
+             lambda e: (e[history.user_key], e))}
+        | f'JoinHistories{name}' >> beam.CoGroupByKey()
+        | f'AddHistories{name}' >> beam.FlatMap(
+            _with_history, history, split == TRAIN))
+  return tuple(with_histories)
+
+
+def _user_item(example: Dict[str, Any], history: HistoryConfig):
+  user, item = example[history.user_key], example[history.item_key]
+  if user and item:
+    yield user, (example[history.time_key], item)
+
+
+def _with_history(joined, history: HistoryConfig, is_train: bool):
+  """Attach the user's train items; a train example leaves out its own."""
+  user, grouped = joined
+  items = grouped['items'][0] if grouped['items'] else []
+  for example in grouped['examples']:
+    example = dict(example)
+    own = example[history.item_key]
+    values = [i for i in items if i != own] if is_train and own else items
+    example[history.name] = values[-history.max_length:] if user else []
+    yield example
 
 
 def _time_of(example: Dict[str, Any], time_key: str) -> List[int]:

@@ -157,3 +157,71 @@ def binary_metrics(labels: Sequence[int], scores: Sequence[float],
   if groups is not None:
     result.update(impression_metrics(groups, labels, scores))
   return result
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+  """Mean of the precision at the rank of each positive, ties in input order."""
+  ranked = _ranked_labels(np.asarray(labels), np.asarray(scores))
+  positives = ranked.sum()
+  if positives == 0:
+    return float('nan')
+  hits = np.cumsum(ranked)
+  return float(np.sum(ranked * hits / np.arange(1, ranked.size + 1)) /
+               positives)
+
+
+def multilabel_metrics(labels: np.ndarray, scores: np.ndarray,
+                       threshold: float = 0.5) -> Dict[str, float]:
+  """Macro-F1 at `threshold` and mean average precision over classes.
+
+  Args:
+    labels: [examples, classes] 0/1.
+    scores: [examples, classes] probabilities.
+    threshold: a class is predicted where its score is at least this.
+
+  Returns:
+    `macro_f1` and `mean_average_precision`, both averaged over the classes
+    with at least one positive example (a class nobody has says nothing),
+    and `micro_f1`.
+  """
+  labels = np.asarray(labels, dtype=np.int64)
+  scores = np.asarray(scores, dtype=np.float64)
+  predicted = scores >= threshold
+  present = labels.sum(axis=0) > 0
+  f1s, precisions = [], []
+  for c in np.flatnonzero(present):
+    true_positive = np.sum(predicted[:, c] & (labels[:, c] == 1))
+    denominator = predicted[:, c].sum() + labels[:, c].sum()
+    f1s.append(2.0 * true_positive / denominator if denominator else 0.0)
+    precisions.append(average_precision(labels[:, c], scores[:, c]))
+  true_positive = np.sum(predicted & (labels == 1))
+  denominator = predicted.sum() + labels.sum()
+  return {
+      'macro_f1': float(np.mean(f1s)) if f1s else float('nan'),
+      'mean_average_precision': (float(np.mean(precisions)) if precisions
+                                 else float('nan')),
+      'micro_f1': (float(2.0 * true_positive / denominator) if denominator
+                   else float('nan')),
+  }
+
+
+def top_k_accuracy(ranked_ids: np.ndarray, true_ids: Sequence[str],
+                   ks: Sequence[int]) -> Dict[str, float]:
+  """Share of queries whose true id is among the first k ranked ids.
+
+  Args:
+    ranked_ids: [queries, at least max(ks)] ids, best first.
+    true_ids: [queries] the id each query interacted with.
+    ks: the cut-offs.
+
+  Returns:
+    `top_<k>_accuracy` per k.
+  """
+  ranked_ids = np.asarray(ranked_ids, dtype=object)
+  true_ids = np.asarray(true_ids, dtype=object)
+  hits = ranked_ids == true_ids[:, np.newaxis]
+  result = {}
+  for k in ks:
+    result[f'top_{k}_accuracy'] = (float(hits[:, :k].any(axis=1).mean())
+                                   if true_ids.size else float('nan'))
+  return result

@@ -135,6 +135,8 @@ def _label_classes(config: PipelineConfig) -> Dict[str, List[str]]:
   """Return label feature -> the classes the config names for it."""
   labels = {}
   for task in config.tasks:
+    if task.type == 'retrieval':
+      continue  # Its label is a candidate id, not a class.
     classes = labels.setdefault(task.label, [])
     classes += [c for c in task.classes if c not in classes]
   return labels

@@ -212,7 +212,9 @@ def _parse_example(serialized: bytes, split: str,
 
 
 def _label_features(config: PipelineConfig) -> List[str]:
-  return sorted({task.label for task in config.tasks})
+  # A retrieval task's label is a candidate id, not a class.
+  return sorted({task.label for task in config.tasks
+                 if task.type != 'retrieval'})
 
 
 def _compute_statistics(observations: beam.PCollection,

@@ -19,11 +19,13 @@ import tensorflow_transform as tft
 
 from components import artifacts
 from components.config import PipelineConfig
-from models import export, features
-from models.builder import build_model, num_classes
+from models import export, features, recommend
+from models.builder import build_model, id_vocabulary_size, num_classes
 from models.multitask import split_labels
 
 SERVING_MODEL_DIR = 'serving_model'
+# Written by ExampleGen next to the split folders.
+FEATURE_TYPES_FILE = 'feature_types.json'
 CHECKPOINT_DIR = 'checkpoints'
 LOG_DIR = 'logs'
 SHUFFLE_BUFFER = 100_000
@@ -120,6 +122,25 @@ def balanced_class_weights(config: PipelineConfig,
   return weights
 
 
+def candidate_probabilities(config: PipelineConfig,
+                            tft_output: tft.TFTransformOutput,
+                            train: tf.data.Dataset):
+  """Each candidate id's share of the train pairs, for the logQ correction.
+
+  A candidate never seen in train gets half a pair, so its log stays finite.
+  """
+  task = config.retrieval_task
+  if task is None or not task.logq_correction:
+    return None
+  size = id_vocabulary_size(
+      config, tft_output, config.feature(task.candidate_id).vocabulary_name)
+  counts = np.full(size, 0.5)
+  for _, labels in train.as_numpy_iterator():
+    ids = labels[task.name].reshape(-1)
+    counts += np.bincount(ids[ids >= 0], minlength=size)[:size]
+  return (counts / counts.sum()).tolist()
+
+
 def set_determinism(seed: int) -> None:
   """Seed every generator and make ops deterministic, for bitwise reruns."""
   tf.keras.utils.set_random_seed(seed)
@@ -131,25 +152,34 @@ def train_model(config: PipelineConfig, tft_output: tft.TFTransformOutput,
   """Fit the model and restore the weights of the best validation epoch."""
   set_determinism(config.seed)
   train = make_dataset(config, tft_output, transformed_dir, 'train', True)
-  validation = make_dataset(config, tft_output, transformed_dir, 'validation',
-                            False)
+  # Without a validation split every epoch runs and the last one is kept.
+  validation = (make_dataset(config, tft_output, transformed_dir,
+                             'validation', False)
+                if config.split.validation_fraction > 0 else None)
 
   model = build_model(config, tft_output,
-                      balanced_class_weights(config, tft_output, train))
+                      balanced_class_weights(config, tft_output, train),
+                      candidate_probabilities(config, tft_output, train))
   model.compile(optimizer=_optimizer(config))
   best_path = os.path.join(output_dir, CHECKPOINT_DIR, 'best')
-  callbacks = [
-      tf.keras.callbacks.ModelCheckpoint(
-          best_path, monitor='val_loss', save_best_only=True,
-          save_weights_only=True),
-      tf.keras.callbacks.EarlyStopping(
-          monitor='val_loss', patience=config.trainer.early_stopping_patience),
-      tf.keras.callbacks.TensorBoard(os.path.join(output_dir, LOG_DIR)),
-  ]
+  callbacks = [tf.keras.callbacks.TensorBoard(os.path.join(output_dir,
+                                                           LOG_DIR))]
+  if validation is not None:
+    callbacks += [
+        tf.keras.callbacks.ModelCheckpoint(
+            best_path, monitor='val_loss', save_best_only=True,
+            save_weights_only=True),
+        tf.keras.callbacks.EarlyStopping(
+            monitor='val_loss',
+            patience=config.trainer.early_stopping_patience),
+    ]
   history = model.fit(train, validation_data=validation,
                       epochs=config.trainer.epochs, callbacks=callbacks,
                       verbose=2)
-  model.load_weights(best_path)
+  if validation is not None:
+    model.load_weights(best_path)
+  else:
+    model.save_weights(best_path)
   return model, history.history
 
 
@@ -185,8 +215,16 @@ def run_trainer(config: PipelineConfig, examples_dir: str,
   serving_dir = os.path.join(output_dir, SERVING_MODEL_DIR)
   warmup_examples = list(itertools.islice(
       artifacts.read_records(examples_dir, 'eval'), WARMUP_REQUESTS))
+  catalogue = None
+  if recommend.serves_rank(config) or recommend.serves_recommend(config):
+    with open(os.path.join(examples_dir, FEATURE_TYPES_FILE),
+              encoding='utf-8') as f:
+      feature_types = json.load(f)
+    catalogue = recommend.build_catalogue(config, examples_dir, feature_types)
+    logging.info('Trainer: %d candidates in the catalogue',
+                 len(catalogue.ids))
   export.export_serving_model(model, tft_output, config, serving_dir,
-                              warmup_examples)
+                              warmup_examples, catalogue)
   with open(os.path.join(output_dir, 'history.json'), 'w',
             encoding='utf-8') as f:
     json.dump({'history': history, 'best_epoch': best_epoch}, f, indent=2,

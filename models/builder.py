@@ -5,7 +5,7 @@ trunk, joined with id embeddings, id-sequence means and numbers -> shared
 dense layers (hard sharing) -> one softmax head per task.
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -76,14 +76,15 @@ def model_inputs(config: PipelineConfig) -> Dict[str, tf.keras.Input]:
   return inputs
 
 
-def _id_representations(inputs, config, tft_output, regularizer):
-  """Embed categorical ids and mean-pool id sequences.
+def _id_representations(inputs, config, tft_output, regularizer
+                        ) -> Dict[str, tf.Tensor]:
+  """Embed categorical ids and mean-pool id sequences, by feature name.
 
   Features that name the same vocabulary share one Embedding layer, so a
   news id in a click history and the candidate news id get the same vector.
   """
   embeddings = {}
-  parts = []
+  representations = {}
   for feature in config.features:
     if feature.type not in ('categorical', 'id_sequence'):
       continue
@@ -96,49 +97,141 @@ def _id_representations(inputs, config, tft_output, regularizer):
           name=f'{vocabulary}_embedding')
     layer = embeddings[vocabulary]
     if feature.type == 'categorical':
-      parts.append(layer(inputs[features.id_feature(feature.name)]))
+      representations[feature.name] = layer(
+          inputs[features.id_feature(feature.name)])
     else:
       ids = inputs[features.id_sequence_feature(feature.name)]
-      parts.append(MaskedMean(name=f'{feature.name}_mean')(layer(ids), ids))
-  return parts
+      representations[feature.name] = MaskedMean(
+          name=f'{feature.name}_mean')(layer(ids), ids)
+  return representations
+
+
+def _dense_stack(x, units: Sequence[int], dropout: float, regularizer,
+                 prefix: str):
+  for index, size in enumerate(units):
+    x = tf.keras.layers.Dense(size, activation='relu',
+                              kernel_regularizer=regularizer,
+                              name=f'{prefix}_dense_{index}')(x)
+    x = tf.keras.layers.Dropout(dropout, name=f'{prefix}_dropout_{index}')(x)
+  return x
+
+
+def _concat(parts: List[tf.Tensor], name: str) -> tf.Tensor:
+  return (tf.keras.layers.Concatenate(name=name)(parts) if len(parts) > 1
+          else parts[0])
+
+
+def tower_inputs(config: PipelineConfig, tower: str) -> List[str]:
+  """Transformed input names of the retrieval task's `query` or `candidate`
+  tower."""
+  task = config.retrieval_task
+  names = task.query_features if tower == 'query' else task.candidate_features
+  result = []
+  for name in names:
+    feature = config.feature(name)
+    if feature.type == 'text':
+      if features.TOKENS not in result:
+        result.append(features.TOKENS)
+    elif feature.type == 'categorical':
+      result.append(features.id_feature(name))
+    elif feature.type == 'id_sequence':
+      result.append(features.id_sequence_feature(name))
+    else:
+      result.append(features.numeric_feature(name))
+  return result
 
 
 def build_model(config: PipelineConfig, tft_output: tft.TFTransformOutput,
-                class_weights: Optional[Dict[str, List[float]]] = None
+                class_weights: Optional[Dict[str, List[float]]] = None,
+                candidate_probabilities: Optional[Sequence[float]] = None
                 ) -> MultiTaskModel:
-  """Build the (uncompiled) multi-task model."""
+  """Build the (uncompiled) multi-task model.
+
+  Without a retrieval task, every feature feeds one shared trunk. With one,
+  the query features and the candidate features first go through their own
+  towers, whose outputs are the retrieval embeddings; the shared trunk then
+  reads both towers' inputs and embeddings, and the other heads read it.
+
+  Args:
+    config: the pipeline config.
+    tft_output: the transform output, for vocabulary sizes.
+    class_weights: per softmax task, one weight per class.
+    candidate_probabilities: for a retrieval task with `logq_correction`,
+      each candidate id's share of the train pairs.
+  """
   regularizer = (tf.keras.regularizers.l2(config.trainer.l2)
                  if config.trainer.l2 > 0 else None)
   inputs = model_inputs(config)
 
-  parts = []
+  representations = {}
   if features.TOKENS in inputs:
     token_ids = (tft_output.vocabulary_size_by_name(features.TOKEN_VOCABULARY)
                  + config.text.oov_buckets + features.FIRST_TOKEN_ID)
-    parts.append(build_text_trunk(inputs[features.TOKENS], token_ids,
-                                  config.text.max_tokens, config.model,
-                                  regularizer))
-  parts.extend(_id_representations(inputs, config, tft_output, regularizer))
+    text = build_text_trunk(inputs[features.TOKENS], token_ids,
+                            config.text.max_tokens, config.model, regularizer)
+    for feature in config.features_of_type('text'):
+      representations[feature.name] = text
+  representations.update(
+      _id_representations(inputs, config, tft_output, regularizer))
   for feature in config.features_of_type('numeric'):
-    parts.append(tf.keras.layers.Reshape((1,))(
-        inputs[features.numeric_feature(feature.name)]))
+    representations[feature.name] = tf.keras.layers.Reshape(
+        (1,), name=f'{feature.name}_column')(
+            inputs[features.numeric_feature(feature.name)])
 
-  shared = (tf.keras.layers.Concatenate(name='shared_concat')(parts)
-            if len(parts) > 1 else parts[0])
-  for index, units in enumerate(config.model.hidden_units):
-    shared = tf.keras.layers.Dense(
-        units, activation='relu', kernel_regularizer=regularizer,
-        name=f'shared_dense_{index}')(shared)
-    shared = tf.keras.layers.Dropout(config.model.dropout)(shared)
+  def parts_of(names):
+    parts = []
+    for name in names:
+      # Text features share one representation; keep it once.
+      if not any(part is representations[name] for part in parts):
+        parts.append(representations[name])
+    return parts
 
   outputs = {}
+  retrieval = config.retrieval_task
+  if retrieval is None:
+    # Text first, then ids, then numbers.
+    order = ([f.name for f in config.features_of_type('text')] +
+             [f.name for f in config.features
+              if f.type in ('categorical', 'id_sequence')] +
+             [f.name for f in config.features_of_type('numeric')])
+    trunk_parts = parts_of(order)
+  else:
+    query_parts = parts_of(retrieval.query_features)
+    candidate_parts = parts_of(retrieval.candidate_features)
+    towers = {}
+    for tower, parts in (('query', query_parts),
+                         ('candidate', candidate_parts)):
+      hidden = _dense_stack(_concat(parts, f'{tower}_concat'),
+                            config.model.hidden_units, config.model.dropout,
+                            regularizer, tower)
+      if retrieval.normalize_embeddings:
+        hidden = tf.keras.layers.Dense(
+            retrieval.embedding_dim, kernel_regularizer=regularizer,
+            name=f'{tower}_projection')(hidden)
+        towers[tower] = tf.keras.layers.UnitNormalization(
+            name=features.tower_output(retrieval.name, tower))(hidden)
+      else:
+        towers[tower] = tf.keras.layers.Dense(
+            retrieval.embedding_dim, kernel_regularizer=regularizer,
+            name=features.tower_output(retrieval.name, tower))(hidden)
+      outputs[features.tower_output(retrieval.name, tower)] = towers[tower]
+    trunk_parts = query_parts + candidate_parts + [towers['query'],
+                                                   towers['candidate']]
+
+  shared = _dense_stack(_concat(trunk_parts, 'shared_concat'),
+                        config.model.hidden_units, config.model.dropout,
+                        regularizer, 'shared')
   for task in config.tasks:
+    if task.type == 'retrieval':
+      continue
     outputs[task.name] = tf.keras.layers.Dense(
-        num_classes(config, tft_output, task.name), activation='softmax',
+        num_classes(config, tft_output, task.name),
+        activation='sigmoid' if task.type == 'multilabel' else 'softmax',
         kernel_regularizer=regularizer, name=task.name)(shared)
 
   return MultiTaskModel(
       inputs=inputs, outputs=outputs,
-      task_weights={task.name: task.weight for task in config.tasks},
+      tasks={task.name: task for task in config.tasks},
       class_weights=class_weights,
+      candidate_probabilities=candidate_probabilities,
       name=f'{config.model_name}_multitask')

@@ -22,6 +22,7 @@ import tensorflow_transform as tft
 
 from components.config import PipelineConfig
 from models import features
+from models import recommend
 from models.builder import class_names
 from models.preprocessing import label_keys
 from serving import warmup
@@ -52,7 +53,11 @@ class ServingModule(tf.Module):
     super().__init__()
     self.model = model
     self.tft_layer = tft_output.transform_features_layer()
-    self._task_names = [task.name for task in config.tasks]
+    self._task_names = [task.name for task in config.tasks
+                        if task.type != 'retrieval']
+    self._retrieval = config.retrieval_task
+    self._multilabel = {task.name for task in config.tasks
+                        if task.type == 'multilabel'}
     self._classes = {
         task: tf.constant(class_names(config, tft_output, task))
         for task in self._task_names
@@ -72,8 +77,24 @@ class ServingModule(tf.Module):
     for task in self._task_names:
       task_probabilities = tf.cast(probabilities[task], tf.float32)
       outputs[features.probabilities_output(task)] = task_probabilities
-      outputs[features.label_output(task)] = tf.gather(
-          self._classes[task], tf.argmax(task_probabilities, axis=-1))
+      if task in self._multilabel:
+        # The classes at or above 0.5, joined by '|'.
+        chosen = tf.ragged.boolean_mask(
+            tf.broadcast_to(self._classes[task], tf.shape(task_probabilities)),
+            task_probabilities >= 0.5)
+        outputs[features.label_output(task)] = tf.strings.reduce_join(
+            chosen, axis=1, separator='|')
+      else:
+        outputs[features.label_output(task)] = tf.gather(
+            self._classes[task], tf.argmax(task_probabilities, axis=-1))
+    if self._retrieval is not None:
+      # The affinity of each example's own query and candidate.
+      name = self._retrieval.name
+      outputs[features.score_output(name)] = tf.reduce_sum(
+          tf.cast(probabilities[features.tower_output(name, 'query')],
+                  tf.float32) *
+          tf.cast(probabilities[features.tower_output(name, 'candidate')],
+                  tf.float32), axis=1)
     return outputs
 
   def predict_raw(self, raw_features):
@@ -128,7 +149,8 @@ def _transform_features_signature(module: ServingModule):
 def export_serving_model(model: tf.keras.Model,
                          tft_output: tft.TFTransformOutput,
                          config: PipelineConfig, export_dir: str,
-                         warmup_examples: Optional[Sequence[bytes]] = None
+                         warmup_examples: Optional[Sequence[bytes]] = None,
+                         catalogue: Optional[recommend.Catalogue] = None
                          ) -> str:
   """Save the SavedModel with its signatures and warmup requests.
 
@@ -138,6 +160,8 @@ def export_serving_model(model: tf.keras.Model,
     config: the pipeline config.
     export_dir: the SavedModel folder to write.
     warmup_examples: serialized raw examples to replay as warmup requests.
+    catalogue: the candidates that `recommend` and `rank` score; needed when
+      the config serves either.
 
   Returns:
     `export_dir`.
@@ -149,6 +173,18 @@ def export_serving_model(model: tf.keras.Model,
       'from_examples': _from_examples_signature(module),
       'transform_features': _transform_features_signature(module),
   }
+  if recommend.serves_rank(config) or recommend.serves_recommend(config):
+    if catalogue is None:
+      raise ValueError('The config serves `rank` or `recommend`, which need '
+                       'the candidate catalogue.')
+    module.recommender = recommend.RecommendModule(
+        model, tft_output, module.tft_layer, config, catalogue)
+    if recommend.serves_recommend(config):
+      signatures['recommend'] = recommend.recommend_signature(
+          module.recommender, config, raw_spec)
+    if recommend.serves_rank(config):
+      signatures['rank'] = recommend.rank_signature(
+          module.recommender, config, raw_spec)
   tf.saved_model.save(module, export_dir, signatures=signatures)
   if warmup_examples:
     warmup.write_warmup_requests(

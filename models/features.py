@@ -61,3 +61,13 @@ def probabilities_output(task_name: str) -> str:
 def label_output(task_name: str) -> str:
   """Served output key of a task's decoded label string."""
   return f'{task_name}_label'
+
+
+def tower_output(task_name: str, tower: str) -> str:
+  """Model output key of a retrieval task's `query` or `candidate` embedding."""
+  return f'{task_name}_{tower}_embedding'
+
+
+def score_output(task_name: str) -> str:
+  """Served output key of a retrieval task's query-candidate affinity."""
+  return f'{task_name}_score'

@@ -112,6 +112,48 @@ def _encode_label(label: tf.Tensor, task: TaskConfig) -> tf.Tensor:
                               default_value=features.NO_LABEL)
 
 
+def _encode_retrieval_label(inputs, task: TaskConfig, config: PipelineConfig,
+                            vocabularies) -> tf.Tensor:
+  """The candidate's id where the row is a query-candidate pair, else NO_LABEL.
+
+  The id is the one the candidate id feature gets, so the label of a row
+  and the candidate tower's input agree.
+  """
+  candidate = config.feature(task.candidate_id)
+  ids = _apply_ids(_dense_strings(inputs[task.label]),
+                   vocabularies[candidate.vocabulary_name],
+                   candidate.oov_buckets)
+  query = _dense_strings(inputs[task.query_key])
+  is_pair = tf.logical_and(tf.not_equal(query, ''),
+                           tf.not_equal(ids, features.MISSING_ID))
+  return tf.where(is_pair, ids, tf.constant(features.NO_LABEL, tf.int64))
+
+
+def _encode_multilabel(label, task: TaskConfig) -> tf.Tensor:
+  """Multi-hot [batch, classes] floats; all NO_LABEL for an empty list."""
+  values = _ragged_strings(label).to_tensor(default_value='')
+  classes = tf.constant(list(task.classes))
+  matches = tf.equal(values[:, :, tf.newaxis], classes[tf.newaxis, tf.newaxis])
+  multi_hot = tf.cast(tf.reduce_any(matches, axis=1), tf.float32)
+  # A list whose values are all unknown counts as unlabelled too.
+  labelled = tf.reduce_any(tf.reduce_any(matches, axis=1), axis=1)
+  return tf.where(labelled[:, tf.newaxis], multi_hot,
+                  tf.fill(tf.shape(multi_hot), float(features.NO_LABEL)))
+
+
+def _unlabel_where_set(label: tf.Tensor, marker) -> tf.Tensor:
+  """Replace the label of rows whose `marker` feature is non-empty."""
+  marker = _dense_strings(marker)
+  if marker.dtype == tf.string:
+    is_set = tf.not_equal(marker, '')
+  else:
+    is_set = tf.not_equal(marker, 0)
+  if label.shape.rank == 2:
+    is_set = is_set[:, tf.newaxis]
+  return tf.where(is_set, tf.cast(features.NO_LABEL, label.dtype) *
+                  tf.ones_like(label), label)
+
+
 def make_preprocessing_fn(config: PipelineConfig,
                           with_labels: bool = True) -> Callable:
   """Build the `preprocessing_fn` for a pipeline config.
@@ -152,13 +194,25 @@ def make_preprocessing_fn(config: PipelineConfig,
 
     if with_labels:
       for task in config.tasks:
-        outputs[features.label_feature(task.name)] = _encode_label(
-            inputs[task.label], task)
+        if task.type == 'retrieval':
+          label = _encode_retrieval_label(inputs, task, config, vocabularies)
+        elif task.type == 'multilabel':
+          label = _encode_multilabel(inputs[task.label], task)
+        else:
+          label = _encode_label(inputs[task.label], task)
+        if task.unlabelled_when_set:
+          label = _unlabel_where_set(label, inputs[task.unlabelled_when_set])
+        outputs[features.label_feature(task.name)] = label
     return outputs
 
   return preprocessing_fn
 
 
 def label_keys(config: PipelineConfig) -> List[str]:
-  """Raw feature names that hold labels, which serving requests omit."""
-  return sorted({task.label for task in config.tasks})
+  """Raw feature names that hold labels, which serving requests omit.
+
+  A retrieval task's label is its candidate id feature, which the candidate
+  tower reads, so it is not one of them.
+  """
+  return sorted({task.label for task in config.tasks
+                 if task.type != 'retrieval'})

@@ -115,6 +115,13 @@ def pad_rows(rows: Sequence[Any], pad_value: Any = '') -> List[Any]:
   return [list(row) + [pad_value] * (width - len(row)) for row in rows]
 
 
+def _at_least_one_column(values: Sequence[Any]) -> Sequence[Any]:
+  """Give list rows that are all empty one '' each, so the width is 1."""
+  if values and all(_is_sequence(v) and not len(v) for v in values):
+    return [['']] * len(values)
+  return values
+
+
 def _to_bytes(value: Any) -> bytes:
   if isinstance(value, bytes):
     return value
@@ -231,6 +238,41 @@ class _Client:
               signature_name: str = DEFAULT_SIGNATURE,
               version: Optional[int] = None) -> Dict[str, np.ndarray]:
     raise NotImplementedError
+
+  def recommend(self, query: Mapping[str, Sequence[Any]], k: int,
+                exclude: Optional[Sequence[Sequence[str]]] = None,
+                version: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """Top-k candidate ids, titles and scores per query row.
+
+    Args:
+      query: the raw query features, one list entry per row; a history is a
+        list of ids per row, padded here.
+      k: how many candidates each row gets, at most the model's max_k.
+      exclude: per row, ids that must not be returned.
+      version: a model version; the latest when None.
+
+    Returns:
+      `item_ids`, `titles` and `scores` [rows, k], and `source` [rows]
+      (`model`, or `popularity` for a user the model does not know).
+    """
+    rows = len(next(iter(query.values())))
+    features = {name: _at_least_one_column(values)
+                for name, values in query.items()}
+    features['k'] = [k] * rows
+    exclude = [list(e) for e in exclude] if exclude else [[]] * rows
+    # One empty string keeps the padded width at least one.
+    features['exclude'] = [e or [''] for e in exclude]
+    return self.predict(features, signature_name='recommend', version=version)
+
+  def rank(self, query: Mapping[str, Sequence[Any]],
+           candidates: Sequence[Sequence[str]],
+           version: Optional[int] = None) -> np.ndarray:
+    """A score per candidate id of each query row; padding scores 0."""
+    features = {name: _at_least_one_column(values)
+                for name, values in query.items()}
+    features['candidates'] = [list(c) for c in candidates]
+    return self.predict(features, signature_name='rank',
+                        version=version)['scores']
 
   def signature(self, signature_name: str = DEFAULT_SIGNATURE,
                 version: Optional[int] = None) -> Dict[str, Any]:
@@ -599,6 +641,9 @@ def _cli_features(args, client: _Client) -> Dict[str, List[Any]]:
     else:
       features[name] = [_empty_value(dtype, ranks.get(name, 1))]
       defaulted.append(name)
+  if getattr(args, 'command', '') == 'recommend':
+    # --k and --exclude fill these.
+    defaulted = [n for n in defaulted if n not in ('k', 'exclude')]
   if defaulted:
     print(f'note: sending empty values for {defaulted}; pass them with '
           '--feature name=value.', file=sys.stderr)
@@ -626,6 +671,22 @@ def format_predictions(outputs: Mapping[str, np.ndarray]) -> str:
   return '\n'.join(lines)
 
 
+def format_recommendations(outputs: Mapping[str, np.ndarray]) -> str:
+  """One line per recommended id: rank, id, score and title."""
+  lines = []
+  for row in range(len(outputs['item_ids'])):
+    source = outputs['source'][row]
+    source = source.decode('utf-8') if isinstance(source, bytes) else source
+    lines.append(f'# row {row}: ranked by the {source}')
+    for rank, (item, title, score) in enumerate(zip(
+        outputs['item_ids'][row], outputs['titles'][row],
+        outputs['scores'][row]), start=1):
+      item = item.decode('utf-8') if isinstance(item, bytes) else item
+      title = title.decode('utf-8') if isinstance(title, bytes) else title
+      lines.append(f'{rank:>3}  {item:<10} {score:>9.4f}  {title}')
+  return '\n'.join(lines)
+
+
 def _parse_args(argv: Optional[List[str]]):
   parser = argparse.ArgumentParser(
       prog='python -m serving.client',
@@ -634,6 +695,8 @@ def _parse_args(argv: Optional[List[str]]):
   for name, help_text in (
       ('predict', 'Predict one row and print each task\'s label and '
        'probabilities (in class order).'),
+      ('recommend', 'Print the top-k candidates for one query (the '
+       '`recommend` signature of a model with a retrieval task).'),
       ('status', 'Print the state of each loaded version.'),
       ('metadata', 'Print the signatures\' inputs and outputs.')):
     command = commands.add_parser(name, help=help_text)
@@ -649,6 +712,16 @@ def _parse_args(argv: Optional[List[str]]):
                         help=f'REST endpoint (default {DEFAULT_REST_URL}).')
     command.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT_S,
                          help='Per-request timeout in seconds.')
+    if name == 'recommend':
+      command.add_argument('--feature', action='append', metavar='NAME=VALUE',
+                           help='A query feature, e.g. user_id=42 or '
+                           'history="50 172 133"; repeat for more.')
+      command.add_argument('--k', type=int, default=10,
+                           help='How many candidates to return.')
+      command.add_argument('--exclude', default='',
+                           help='Whitespace-separated ids not to return.')
+      command.set_defaults(signature='recommend', text=None, summary=None,
+                           json=False)
     if name == 'predict':
       command.add_argument('--text', default=None, help='The review text.')
       command.add_argument('--summary', default=None,
@@ -674,6 +747,13 @@ def main(argv: Optional[List[str]] = None) -> int:
       print(json.dumps(client.model_status(args.version), indent=2))
     elif args.command == 'metadata':
       print(json.dumps(client.metadata(args.version), indent=2))
+    elif args.command == 'recommend':
+      features = _cli_features(args, client)
+      query = {name: value for name, value in features.items()
+               if name not in ('k', 'exclude')}
+      outputs = client.recommend(query, args.k, [args.exclude.split()],
+                                 args.version)
+      print(format_recommendations(outputs))
     else:
       outputs = client.predict(_cli_features(args, client), args.signature,
                                args.version)

@@ -13,11 +13,7 @@ os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 import http.server
 import json
 import logging
-import socket
-import subprocess
-import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -31,7 +27,6 @@ from serving.saved_model_session import SavedModelSession
 pytest.importorskip('serving.server')
 
 MODEL = serving_fixtures.MODEL_NAME
-SERVER_START_TIMEOUT_S = 120
 # REST carries floats as decimal JSON numbers, which a server may round.
 # The gRPC path carries float32 bits and compares exactly.
 REST_TOLERANCE = 1e-6
@@ -43,25 +38,7 @@ ROWS = {
 }
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-def _wait_until_available(client, process) -> None:
-  deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-  while time.monotonic() < deadline:
-    if process.poll() is not None:
-      raise RuntimeError(f'serving.server exited with {process.returncode}.')
-    try:
-      if any(s['state'] == 'AVAILABLE' for s in client.model_status()):
-        return
-    except ServingError:
-      pass
-    time.sleep(0.5)
-  raise TimeoutError(f'{MODEL} not AVAILABLE after '
-                     f'{SERVER_START_TIMEOUT_S} s.')
+_free_port = serving_fixtures.free_port
 
 
 @pytest.fixture(scope='module')
@@ -72,28 +49,10 @@ def serving_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope='module')
 def server(serving_dir, tmp_path_factory):
   """(grpc target, rest url) of a running `python -m serving.server`."""
-  grpc_port, rest_port = _free_port(), _free_port()
   log_path = tmp_path_factory.mktemp('server') / 'server.log'
-  log = open(log_path, 'w', encoding='utf-8')
-  process = subprocess.Popen(
-      [sys.executable, '-m', 'serving.server', f'--port={grpc_port}',
-       f'--rest_api_port={rest_port}', f'--model_name={MODEL}',
-       f'--model_base_path={os.path.join(serving_dir, MODEL)}'],
-      cwd=serving_fixtures.REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-      env=dict(os.environ, TF_USE_LEGACY_KERAS='1'))
-  grpc_target = f'127.0.0.1:{grpc_port}'
-  rest_url = f'http://127.0.0.1:{rest_port}'
-  try:
-    _wait_until_available(RestClient(rest_url, MODEL, max_attempts=1),
-                          process)
-    yield grpc_target, rest_url
-  except (RuntimeError, TimeoutError) as e:
-    log.flush()
-    pytest.fail(f'{e} Server log:\n{log_path.read_text()[-3000:]}')
-  finally:
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+  with serving_fixtures.running_server(
+      MODEL, os.path.join(serving_dir, MODEL), log_path) as targets:
+    yield targets
 
 
 @pytest.fixture(scope='module')

@@ -73,3 +73,75 @@ def test_missing_file_named(tmp_path):
   path = str(tmp_path / 'absent.yaml')
   with pytest.raises(ConfigError, match='absent.yaml'):
     load_config(path)
+
+
+RETRIEVAL = {
+    'pipeline_name': 'r',
+    'data': {'adapter': 'movielens', 'path': '.'},
+    'features': [{'name': 'user_id', 'type': 'categorical'},
+                 {'name': 'item_id', 'type': 'categorical'},
+                 {'name': 'title', 'type': 'text'}],
+    'tasks': [{'name': 'retrieval', 'type': 'retrieval', 'label': 'item_id',
+               'query_key': 'user_id', 'query_features': ['user_id'],
+               'candidate_features': ['item_id', 'title']}],
+}
+
+
+def _with_task(**changes):
+  task = {**RETRIEVAL['tasks'][0], **changes}
+  return {**RETRIEVAL, 'tasks': [task]}
+
+
+def test_retrieval_defaults():
+  task = parse_config(RETRIEVAL).task('retrieval')
+  assert task.main_metric == 'top_100_accuracy'
+  assert task.candidate_id == 'item_id'
+  assert task.logq_correction and task.remove_accidental_hits
+
+
+def test_retrieval_feature_in_no_tower_named():
+  message = _error(_with_task(candidate_features=['item_id']))
+  assert "['title']" in message and 'neither' in message
+
+
+def test_retrieval_text_in_query_tower_rejected():
+  message = _error(_with_task(query_features=['user_id', 'title'],
+                              candidate_features=['item_id']))
+  assert "['title']" in message and 'candidate' in message
+
+
+def test_retrieval_label_must_be_candidate_id():
+  message = _error(_with_task(label='user_id'))
+  assert "'user_id'" in message and "'item_id'" in message
+
+
+def test_retrieval_top_k_above_max_k_rejected():
+  message = _error(_with_task(top_ks=[10, 500], max_k=100))
+  assert '500' in message and 'max_k' in message
+
+
+def test_multilabel_needs_classes():
+  message = _error({**MINIMAL, 'tasks': [
+      {'name': 'genres', 'type': 'multilabel', 'label': 'genres'}]})
+  assert "'genres'" in message and 'classes' in message
+
+
+def test_multilabel_main_metric_default():
+  config = parse_config({**MINIMAL, 'tasks': [
+      {'name': 'genres', 'type': 'multilabel', 'label': 'genres',
+       'classes': ['a', 'b']}]})
+  assert config.task('genres').main_metric == 'mean_average_precision'
+
+
+def test_unlabelled_when_set_must_be_a_feature():
+  message = _error({**MINIMAL, 'tasks': [
+      {'name': 'topic', 'type': 'multiclass', 'label': 'topic',
+       'unlabelled_when_set': 'user'}]})
+  assert "'user'" in message
+
+
+def test_history_parsed():
+  config = parse_config({**RETRIEVAL, 'history': {'max_length': 20}})
+  assert config.history.max_length == 20
+  assert config.history.user_key == 'user_id'
+  assert parse_config(RETRIEVAL).history is None

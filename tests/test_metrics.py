@@ -70,3 +70,32 @@ def test_expected_value_rmse():
   # Expected values 2.5 and 1.0 against true 3 and 1.
   result = metrics.expected_value_rmse([3, 1], probabilities, [1, 2, 3])
   assert result == pytest.approx(math.sqrt((0.25 + 0.0) / 2))
+
+
+def test_average_precision_by_hand():
+  # Positives at ranks 1 and 3: (1/1 + 2/3) / 2.
+  value = metrics.average_precision(np.array([1, 0, 1, 0]),
+                                    np.array([0.9, 0.8, 0.7, 0.1]))
+  assert value == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_multilabel_metrics_by_hand():
+  labels = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0]])
+  scores = np.array([[0.9, 0.2, 0.1], [0.4, 0.8, 0.6], [0.1, 0.3, 0.2]])
+  result = metrics.multilabel_metrics(labels, scores)
+  # Class 0: predicted {0}, true {0, 1}: F1 = 2/3. Class 1: predicted {1},
+  # true {1, 2}: F1 = 2/3. Class 2 has no positive and is left out.
+  assert result['macro_f1'] == pytest.approx(2 / 3)
+  # Class 0: ranks 0.9, 0.4 -> both positives first: AP 1. Class 1: 0.8
+  # (pos), 0.3 (pos), 0.2: AP 1.
+  assert result['mean_average_precision'] == pytest.approx(1.0)
+  # Micro: 2 true positives, 3 predicted (incl. class 2), 4 true.
+  assert result['micro_f1'] == pytest.approx(4 / 7)
+
+
+def test_top_k_accuracy():
+  ranked = np.array([['a', 'b', 'c'], ['c', 'a', 'b'], ['b', 'c', 'a']],
+                    dtype=object)
+  result = metrics.top_k_accuracy(ranked, ['a', 'b', 'd'], [1, 3])
+  assert result['top_1_accuracy'] == pytest.approx(1 / 3)
+  assert result['top_3_accuracy'] == pytest.approx(2 / 3)
