@@ -82,8 +82,11 @@ def run_model(config, data_dir: str, work_dir: str) -> dict:
   summary = pipeline.run_pipeline(
       config, data_dir, os.path.join(work_dir, 'runs'),
       os.path.join(work_dir, 'serving'), [], until='evaluator')
-  trainer_seconds = next(c['seconds'] for c in summary['components']
-                         if c['component'] == 'trainer')
+  # None when an earlier run's model was reused from the lineage store.
+  trainer_seconds = None
+  for component in summary['components']:
+    if component['component'] == 'trainer' and component['status'] == 'ran':
+      trainer_seconds = component['seconds']
   examples_dir = next(c['output_dir'] for c in summary['components']
                       if c['component'] == 'example_gen')
   return {'tasks': summary['tasks'], 'trainer_seconds': trainer_seconds,
@@ -322,9 +325,12 @@ def report(results: dict) -> str:
               f'{", ".join(better) or "none"}. Worse by more than '
               f'{100 * MAX_JOINT_GAP:.0f}% relative on: '
               f'{", ".join(worse) or "none"}.']
-  seconds = [r['trainer_seconds'] for r in results['joint']]
-  lines += ['', f'Joint training run: {np.mean(seconds):.0f} s on average '
-            f'(Trainer component, training and export).']
+  seconds = [r['trainer_seconds'] for r in results['joint']
+             if r['trainer_seconds'] is not None]
+  if seconds:
+    lines += ['', f'Joint training run: {np.mean(seconds):.0f} s on average '
+              f'over {len(seconds)} run(s) (Trainer component, training and '
+              'export); runs reused from an earlier benchmark are left out.']
   return '\n'.join(lines)
 
 

@@ -355,7 +355,7 @@ def _value_keys(config: PipelineConfig) -> List[str]:
     keys.add(task.label)
     keys.update(k for k in (task.group_key, task.popularity_key,
                             task.query_key, task.unlabelled_when_set) if k)
-  keys.update(config.serving.candidate_features[:1])
+  keys.update(recommend.rank_tower_features(config)[1][:1])
   return sorted(keys)
 
 
@@ -451,7 +451,7 @@ def run_evaluator(config: PipelineConfig, examples_dir: str, model_dir: str,
       candidate_metrics = _model_task_metrics(
           task, eval_data, mask, candidate,
           rank_scores(model_dir, task, eval_data, mask,
-                      config.serving.candidate_features[0]))
+                      recommend.rank_tower_features(config)[1][0]))
     else:
       candidate_metrics = _model_task_metrics(task, eval_data, mask,
                                               candidate)
