@@ -17,7 +17,7 @@ expected rating under the five-way softmax. Prints a markdown report and
 writes the numbers as JSON.
 
   python benchmarks/recommendation_benchmark.py \\
-      --data-dir ../shared/data/movielens-100k --work-dir /tmp/mtlrec-rec
+      --data-dir /path/to/ml-100k --work-dir /tmp/mtlrec-rec
 """
 
 import argparse
@@ -45,9 +45,10 @@ import pipeline  # pylint: disable=g-import-not-at-top
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, 'configs', 'movielens.yaml')
 MAIN_METRICS = {'retrieval': 'top_100_accuracy', 'rating': 'rmse',
                 'genres': 'mean_average_precision'}
-# The joint model may trail a task trained alone by this much, relative.
+# Maximum relative gap by which the joint model may trail a task trained
+# alone.
 MAX_JOINT_GAP = 0.02
-# RMSE is better when lower.
+# Metrics for which lower is better.
 LOWER_IS_BETTER = {'rmse'}
 BIAS_REGULARIZATION = 10.0
 BIAS_ITERATIONS = 15
@@ -55,8 +56,11 @@ BIAS_ITERATIONS = 15
 
 def benchmark_config(path: str, seed: int, only_task: str = '',
                      logq: bool = True) -> config_lib.PipelineConfig:
-  """The shipped config on an 80/20 split; one task learning if `only_task`,
-  the retrieval task without logQ correction if not `logq`."""
+  """Return the shipped config on an 80/20 split, with validation off.
+
+  With `only_task`, every other task's weight is 0, so only that task
+  learns. With `logq` False, the retrieval task has no logQ correction.
+  """
   config = config_lib.load_config(path)
   split = dataclasses.replace(config.split, validation_fraction=0.0,
                               eval_fraction=0.2)
@@ -77,12 +81,18 @@ def benchmark_config(path: str, seed: int, only_task: str = '',
 
 
 def run_model(config, data_dir: str, work_dir: str) -> dict:
-  """Train and evaluate one configuration; the metrics per task."""
+  """Train and evaluate one configuration.
+
+  Returns:
+    The metrics per task, the Trainer's and the whole run's seconds, and
+    ExampleGen's output folder.
+  """
   started = time.time()
   summary = pipeline.run_pipeline(
       config, data_dir, os.path.join(work_dir, 'runs'),
       os.path.join(work_dir, 'serving'), [], until='evaluator')
-  # None when an earlier run's model was reused from the lineage store.
+  # Stays None when the lineage store reused an earlier run's model, so the
+  # Trainer did not run.
   trainer_seconds = None
   for component in summary['components']:
     if component['component'] == 'trainer' and component['status'] == 'ran':
@@ -95,7 +105,7 @@ def run_model(config, data_dir: str, work_dir: str) -> dict:
 
 
 def _pairs(examples_dir: str, split: str):
-  """(user ids, item ids, ratings) of the rating examples of a split."""
+  """Read the (user ids, item ids, ratings) of a split's rating examples."""
   users, items, ratings = [], [], []
   for record in artifacts.read_records(examples_dir, split):
     feature = tf.train.Example.FromString(record).features.feature
@@ -118,7 +128,10 @@ def _movie_ids(examples_dir: str):
 
 
 def bias_baseline(train, test) -> float:
-  """RMSE of mean + user bias + item bias, fitted by alternating ridge."""
+  """Compute the test RMSE of mean + user bias + item bias.
+
+  The biases are fitted on train by alternating ridge regression.
+  """
   users, items, ratings = train
   mean = ratings.mean()
   user_bias, item_bias = {}, {}
@@ -184,7 +197,11 @@ class _TutorialModel(tfrs.models.Model):
 
 
 def tfrs_tutorial(train, test, movie_ids, seed: int) -> dict:
-  """Top-100 accuracy and RMSE of the TFRS multi-task tutorial recipe."""
+  """Train the TFRS multi-task tutorial recipe and score it on `test`.
+
+  Returns:
+    `top_100_accuracy` and `rmse`.
+  """
   tf.keras.utils.set_random_seed(seed)
   users, items, ratings = train
   model = _TutorialModel(np.unique(users), movie_ids)
@@ -219,7 +236,10 @@ def _spread(values):
 
 
 def _relative_gap(joint: float, single: float, metric: str) -> float:
-  """How much worse joint is than single, relative; negative when better."""
+  """Return how much worse joint is than single, relative to single.
+
+  The gap is negative when joint is better.
+  """
   if metric in LOWER_IS_BETTER:
     return (joint - single) / single
   return (single - joint) / single
@@ -277,11 +297,12 @@ def run(args) -> dict:
 
 
 def report(results: dict) -> str:
-  """Markdown tables of the results."""
+  """Format the results as Markdown tables."""
   summary = results['summary']
   joint = summary['retrieval']['joint']['mean']
   rmse = summary['rating']['joint']['mean']
   tutorial = results['tfrs_tutorial']
+
   lines = [
       f'Machine: {results["machine"]}. Seeds: {results["seeds"]}. Split: '
       f'{results["split"]["train_ratings"]} train and '
@@ -300,6 +321,7 @@ def report(results: dict) -> str:
                             for r in runs])
     lines.append('| joint model, logQ correction off (mean of seeds) | '
                  f'{top_100:.4f} | {no_logq_rmse:.4f} |')
+
   lines += [
       f'| user + item bias | | {results["bias_rmse"]:.4f} |',
       f'| TFRS multi-task tutorial recipe (mean of seeds) | '
@@ -309,6 +331,7 @@ def report(results: dict) -> str:
       f'{joint - results["popularity_top_100"]:+.4f}.', '',
       '| task | metric | joint (mean ± std) | alone (mean ± std) | '
       'joint worse by |', '|---|---|---|---|---|']
+
   for task, row in summary.items():
     single = row.get('single')
     lines.append(
@@ -316,6 +339,7 @@ def report(results: dict) -> str:
         f'{row["joint"]["std"]:.4f} | ' +
         (f'{single["mean"]:.4f} ± {single["std"]:.4f} | '
          f'{100 * row["joint_worse_by"]:+.2f}% |' if single else ' | |'))
+
   compared = {task: row['joint_worse_by'] for task, row in summary.items()
               if 'joint_worse_by' in row}
   if compared:
@@ -325,27 +349,29 @@ def report(results: dict) -> str:
               f'{", ".join(better) or "none"}. Worse by more than '
               f'{100 * MAX_JOINT_GAP:.0f}% relative on: '
               f'{", ".join(worse) or "none"}.']
+
   seconds = [r['trainer_seconds'] for r in results['joint']
              if r['trainer_seconds'] is not None]
   if seconds:
     lines += ['', f'Joint training run: {np.mean(seconds):.0f} s on average '
               f'over {len(seconds)} run(s) (Trainer component, training and '
-              'export); runs reused from an earlier benchmark are left out.']
+              'export). Runs reused from an earlier benchmark are left out.']
   return '\n'.join(lines)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--data-dir', required=True,
-                      help='the MovieLens 100K folder (ml-100k)')
+                      help='Path to the MovieLens 100K folder (ml-100k).')
   parser.add_argument('--config', default=DEFAULT_CONFIG)
   parser.add_argument('--work-dir', default='/tmp/mtlrec-recommendation')
   parser.add_argument('--seeds', type=int, default=3)
   parser.add_argument('--first-seed', type=int, default=42)
   parser.add_argument('--skip-single', action='store_true',
-                      help='train only the joint model')
+                      help='Skip the single-task runs (each task alone).')
   parser.add_argument('--skip-no-logq', action='store_true',
-                      help='skip the joint model without logQ correction')
+                      help='Skip the joint model runs without logQ '
+                      'correction.')
   parser.add_argument('--output-json', default=None)
   args = parser.parse_args()
   logging.basicConfig(level=logging.INFO)

@@ -21,7 +21,7 @@ MULTILABEL_METRICS = ('macro_f1', 'mean_average_precision')
 
 
 def top_k_metric(k: int) -> str:
-  """Name of a retrieval task's top-K accuracy metric."""
+  """Return the name of a retrieval task's top-K accuracy metric."""
   return f'top_{k}_accuracy'
 
 
@@ -114,10 +114,11 @@ class TaskConfig:
       repeat (a movie's genres on each of its ratings) is learned from the
       item's own rows only, so the item's split decides where it is seen.
     query_key: for `retrieval`, the raw feature that identifies the query
-      (the user id); a row is a positive pair when it and `label` are set.
+      (the user id). A row is a positive pair when both it and `label` are
+      set.
     query_features: for `retrieval`, the features of the query tower.
-    candidate_features: for `retrieval`, the features of the candidate tower;
-      the first one is the candidate id.
+    candidate_features: for `retrieval`, the features of the candidate tower.
+      The first one is the candidate id.
     display_feature: for `retrieval`, a candidate feature returned with each
       recommended id (a title).
     embedding_dim: for `retrieval`, the size of both towers' output.
@@ -132,7 +133,7 @@ class TaskConfig:
       unit length, so that scores are cosine similarities (use with a
       temperature below 1).
     top_ks: for `retrieval`, the K of each reported top-K accuracy.
-    max_k: for `retrieval`, the largest K a `recommend` request may ask for.
+    max_k: for `retrieval`, the maximum K that a `recommend` request accepts.
   """
   name: str
   type: str
@@ -159,7 +160,7 @@ class TaskConfig:
 
   @property
   def candidate_id(self) -> str:
-    """For `retrieval`, the candidate feature that identifies a candidate."""
+    """The candidate feature that identifies a candidate (for `retrieval`)."""
     return self.candidate_features[0]
 
 
@@ -268,8 +269,8 @@ class HistoryConfig:
 
   Each example gets `name`: the items that its user interacted with in the
   train split, oldest first, at most `max_length` of the most recent. A
-  train example's own item is left out of its history, so the model never
-  sees the answer among its inputs. Validation and eval examples get the
+  train example's own item is left out of its history, so the label it
+  predicts is never among its inputs. Validation and eval examples get the
   user's whole train history, and no validation or eval interaction reaches
   any history.
 
@@ -293,7 +294,7 @@ class ServingConfig:
   """Shapes of the exported `recommend` and `rank` signatures.
 
   Attributes:
-    rank_task: the task whose score `rank` returns per candidate: a
+    rank_task: the task whose score `rank` returns per candidate. It is a
       `retrieval` task (the dot product of the towers) or a `binary` task
       (the probability of the positive class). Defaults to the retrieval
       task, else the first binary task.
@@ -551,7 +552,11 @@ def _history_names(config: PipelineConfig) -> List[str]:
 
 def _validate_retrieval(config: PipelineConfig, task: TaskConfig,
                         source: str) -> None:
-  """A retrieval task splits every feature between its two towers."""
+  """Raise ConfigError unless a retrieval task's settings are consistent.
+
+  Every feature must be in exactly one of the two towers, and the first
+  candidate feature must be the categorical candidate id.
+  """
   names = [f.name for f in config.features]
   _check(bool(task.query_key), source,
          f'retrieval task {task.name!r} needs `query_key` (the user id '

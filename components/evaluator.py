@@ -25,7 +25,7 @@ from models import features
 from models import recommend
 
 PREDICT_BATCH_SIZE = 512
-# Impressions per `rank` call.
+# Maximum number of impressions (rank requests) per `rank` signature call.
 RANK_BATCH_GROUPS = 64
 METRICS_FILE = 'metrics.json'
 REPORT_FILE = 'report.md'
@@ -91,7 +91,12 @@ def predict_examples(model_dir: str, serialized: List[bytes]
 
 
 def _labelled(task: TaskConfig, data: _EvalData) -> np.ndarray:
-  """Rows that carry the task's label (for retrieval: a query-item pair)."""
+  """Return a boolean mask of the rows that carry the task's label.
+
+  For retrieval, a labelled row must also have a query key, so that it is a
+  query-item pair. Rows whose `unlabelled_when_set` feature is set are left
+  out.
+  """
   labelled = np.array([bool(label) for label in data.values[task.label]],
                       dtype=bool)
   if task.type == 'retrieval':
@@ -108,12 +113,13 @@ def recommend_examples(model_dir: str, serialized: List[bytes], k: int
   """Run a SavedModel's `recommend` signature on raw examples' query features.
 
   Returns:
-    [examples, k] recommended ids, best first, nothing excluded.
+    [examples, k] recommended ids, best first, with no ids excluded.
   """
   loaded = tf.saved_model.load(model_dir)
   if 'recommend' not in loaded.signatures:
     raise ValueError(f'The SavedModel at {model_dir} has no `recommend` '
-                     f'signature; it has {sorted(loaded.signatures)}.')
+                     'signature. Its signatures are '
+                     f'{sorted(loaded.signatures)}.')
   signature = loaded.signatures['recommend']
   parse_spec = _parse_spec(signature,
                            {recommend.K_INPUT, recommend.EXCLUDE_INPUT})
@@ -134,7 +140,7 @@ def recommend_examples(model_dir: str, serialized: List[bytes], k: int
 
 
 def _parse_spec(signature, skip) -> Dict[str, object]:
-  """A parse_example spec for a signature's raw-feature inputs."""
+  """Build a parse_example spec for a signature's inputs, except `skip`."""
   spec = {}
   for name, tensor_spec in signature.structured_input_signature[1].items():
     if name in skip:
@@ -151,9 +157,9 @@ def rank_scores(model_dir: str, task: TaskConfig, data: _EvalData,
                 mask: np.ndarray, candidate_id: str) -> np.ndarray:
   """Score each labelled example through the `rank` signature.
 
-  The examples of one `task.group_key` value (an impression) form one rank
-  request: the first example's query features, and every example's
-  candidate id.
+  The examples that share a `task.group_key` value (an impression) form one
+  rank request. The request takes the query features from the first example
+  and one candidate id from every example.
 
   Returns:
     One score per example; NaN where `mask` is False.
@@ -161,7 +167,8 @@ def rank_scores(model_dir: str, task: TaskConfig, data: _EvalData,
   loaded = tf.saved_model.load(model_dir)
   if 'rank' not in loaded.signatures:
     raise ValueError(f'The SavedModel at {model_dir} has no `rank` '
-                     f'signature; it has {sorted(loaded.signatures)}.')
+                     'signature. Its signatures are '
+                     f'{sorted(loaded.signatures)}.')
   signature = loaded.signatures['rank']
   spec = _parse_spec(signature, {recommend.CANDIDATES_INPUT})
   groups = collections.defaultdict(list)
@@ -196,7 +203,10 @@ def _retrieval_metrics(task: TaskConfig, model_dir: str, data: _EvalData,
 
 def _retrieval_baseline(task: TaskConfig, train: _EvalData, data: _EvalData,
                         mask: np.ndarray) -> Dict[str, float]:
-  """The most popular train items, the same list for every query."""
+  """Compute the top-K accuracy of a train-split popularity baseline.
+
+  Every query gets the same list: the train items with the highest counts.
+  """
   train_mask = _labelled(task, train)
   counts = collections.Counter(
       np.array(train.values[task.label], dtype=object)[train_mask])
@@ -221,7 +231,10 @@ def _multi_hot(task: TaskConfig, data: _EvalData,
 
 def _multilabel_baseline(task: TaskConfig, train: _EvalData, data: _EvalData,
                          mask: np.ndarray) -> Dict[str, float]:
-  """Each class scored by its share of the labelled train rows."""
+  """Compute the metrics of a baseline for a multi-label task.
+
+  The baseline scores each class by its share of the labelled train rows.
+  """
   prevalence = _multi_hot(task, train, _labelled(task, train)).mean(axis=0)
   labels = _multi_hot(task, data, mask)
   return metric_lib.multilabel_metrics(
@@ -258,7 +271,7 @@ def _true_values(task: TaskConfig, data: _EvalData,
 
 
 def _ranks_through_signature(config: PipelineConfig, task: TaskConfig) -> bool:
-  """Whether a binary task's ranking metrics come from the `rank` signature."""
+  """Return True if a binary task's ranking metrics use the `rank` signature."""
   return (recommend.serves_rank(config) and config.rank_task is not None and
           config.rank_task.name == task.name and task.type == 'binary' and
           bool(task.group_key))
@@ -268,8 +281,11 @@ def _model_task_metrics(task: TaskConfig, data: _EvalData, mask: np.ndarray,
                         outputs: Dict[str, np.ndarray],
                         ranked_scores: Optional[np.ndarray] = None
                         ) -> Dict[str, float]:
-  """Metrics of a model's outputs; `ranked_scores` replace the positive-class
-  probabilities of a binary task when given (the `rank` signature's)."""
+  """Compute a task's metrics from a model's outputs.
+
+  For a binary task, `ranked_scores` (from the `rank` signature) replace the
+  positive-class probabilities when given.
+  """
   if task.type == 'multilabel':
     return metric_lib.multilabel_metrics(
         _multi_hot(task, data, mask),
@@ -487,6 +503,6 @@ def run_evaluator(config: PipelineConfig, examples_dir: str, model_dir: str,
   marker = BLESSED_FILE if not reasons else NOT_BLESSED_FILE
   with open(os.path.join(output_dir, marker), 'w', encoding='utf-8') as f:
     f.write('\n'.join(reasons) + '\n')
-  logging.info('Evaluator: %s %s', 'blessed' if not reasons else
-               'not blessed', ' '.join(reasons))
+  logging.info('Evaluator: %s', 'blessed' if not reasons else
+               'not blessed: ' + ' '.join(reasons))
   return EvaluatorResult(not reasons, reasons, task_results, metrics_path)

@@ -142,7 +142,12 @@ def run_example_gen(config: PipelineConfig, data_path: str, output_dir: str,
 
 def output_feature_types(config: PipelineConfig,
                          adapter: base.DatasetAdapter) -> Dict[str, str]:
-  """The adapter's features, plus the history feature that ExampleGen adds."""
+  """Return the adapter's feature types plus the history feature, if any.
+
+  Raises:
+    ValueError: the history name is already an adapter feature, or a feature
+      the history needs is missing or has the wrong type.
+  """
   feature_types = adapter.feature_types()
   history = config.history
   if history is None:
@@ -298,7 +303,10 @@ def _user_item(example: Dict[str, Any], history: HistoryConfig):
 
 
 def _with_history(joined, history: HistoryConfig, is_train: bool):
-  """Attach the user's train items; a train example leaves out its own."""
+  """Attach the user's train items as each example's history.
+
+  A train example's history leaves out the example's own item.
+  """
   user, grouped = joined
   items = grouped['items'][0] if grouped['items'] else []
   for example in grouped['examples']:

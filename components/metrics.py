@@ -160,7 +160,10 @@ def binary_metrics(labels: Sequence[int], scores: Sequence[float],
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
-  """Mean of the precision at the rank of each positive, ties in input order."""
+  """Compute the average precision: the mean precision at each positive's rank.
+
+  Tied scores keep their input order. Returns NaN when there is no positive.
+  """
   ranked = _ranked_labels(np.asarray(labels), np.asarray(scores))
   positives = ranked.sum()
   if positives == 0:
@@ -172,7 +175,7 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def multilabel_metrics(labels: np.ndarray, scores: np.ndarray,
                        threshold: float = 0.5) -> Dict[str, float]:
-  """Macro-F1 at `threshold` and mean average precision over classes.
+  """Compute macro-F1 and micro-F1 at `threshold`, and mean average precision.
 
   Args:
     labels: [examples, classes] 0/1.
@@ -181,8 +184,9 @@ def multilabel_metrics(labels: np.ndarray, scores: np.ndarray,
 
   Returns:
     `macro_f1` and `mean_average_precision`, both averaged over the classes
-    with at least one positive example (a class nobody has says nothing),
-    and `micro_f1`.
+    with at least one positive example, and `micro_f1`. A class without
+    positive examples is left out, because its average precision is
+    undefined.
   """
   labels = np.asarray(labels, dtype=np.int64)
   scores = np.asarray(scores, dtype=np.float64)
@@ -207,7 +211,7 @@ def multilabel_metrics(labels: np.ndarray, scores: np.ndarray,
 
 def top_k_accuracy(ranked_ids: np.ndarray, true_ids: Sequence[str],
                    ks: Sequence[int]) -> Dict[str, float]:
-  """Share of queries whose true id is among the first k ranked ids.
+  """Compute the share of queries whose true id is among the first k ids.
 
   Args:
     ranked_ids: [queries, at least max(ks)] ids, best first.

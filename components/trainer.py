@@ -24,7 +24,7 @@ from models.builder import build_model, id_vocabulary_size, num_classes
 from models.multitask import split_labels
 
 SERVING_MODEL_DIR = 'serving_model'
-# Written by ExampleGen next to the split folders.
+# File of raw feature types that ExampleGen writes next to the split folders.
 FEATURE_TYPES_FILE = 'feature_types.json'
 CHECKPOINT_DIR = 'checkpoints'
 LOG_DIR = 'logs'
@@ -125,9 +125,11 @@ def balanced_class_weights(config: PipelineConfig,
 def candidate_probabilities(config: PipelineConfig,
                             tft_output: tft.TFTransformOutput,
                             train: tf.data.Dataset):
-  """Each candidate id's share of the train pairs, for the logQ correction.
+  """Compute each candidate id's share of the train pairs for logQ correction.
 
-  A candidate never seen in train gets half a pair, so its log stays finite.
+  A candidate never seen in train counts as half a pair, so its log stays
+  finite. Returns None without a retrieval task or with its logq_correction
+  off.
   """
   task = config.retrieval_task
   if task is None or not task.logq_correction:
@@ -152,7 +154,8 @@ def train_model(config: PipelineConfig, tft_output: tft.TFTransformOutput,
   """Fit the model and restore the weights of the best validation epoch."""
   set_determinism(config.seed)
   train = make_dataset(config, tft_output, transformed_dir, 'train', True)
-  # Without a validation split every epoch runs and the last one is kept.
+  # Without a validation split, every epoch runs and the last epoch's
+  # weights are kept.
   validation = (make_dataset(config, tft_output, transformed_dir,
                              'validation', False)
                 if config.split.validation_fraction > 0 else None)

@@ -122,8 +122,11 @@ def _concat(parts: List[tf.Tensor], name: str) -> tf.Tensor:
 
 
 def tower_inputs(config: PipelineConfig, tower: str) -> List[str]:
-  """Transformed input names of the retrieval task's `query` or `candidate`
-  tower."""
+  """Return the transformed input names of one retrieval tower.
+
+  `tower` is `query` or `candidate`. Text features share one `TOKENS` input,
+  which is listed once.
+  """
   task = config.retrieval_task
   names = task.query_features if tower == 'query' else task.candidate_features
   result = []
@@ -149,8 +152,9 @@ def build_model(config: PipelineConfig, tft_output: tft.TFTransformOutput,
 
   Without a retrieval task, every feature feeds one shared trunk. With one,
   the query features and the candidate features first go through their own
-  towers, whose outputs are the retrieval embeddings; the shared trunk then
-  reads both towers' inputs and embeddings, and the other heads read it.
+  towers, whose outputs are the retrieval embeddings. The shared trunk then
+  reads both towers' inputs and embeddings, and the other heads read the
+  trunk.
 
   Args:
     config: the pipeline config.
@@ -181,7 +185,7 @@ def build_model(config: PipelineConfig, tft_output: tft.TFTransformOutput,
   def parts_of(names):
     parts = []
     for name in names:
-      # Text features share one representation; keep it once.
+      # Text features share one representation, so add it only once.
       if not any(part is representations[name] for part in parts):
         parts.append(representations[name])
     return parts

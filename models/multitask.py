@@ -51,7 +51,11 @@ def masked_task_loss(labels: tf.Tensor, probabilities: tf.Tensor,
 
 
 def _multilabel_losses(labels: tf.Tensor, probabilities: tf.Tensor):
-  """Per-example binary cross-entropy over classes, and a 0/1 weight."""
+  """Return per-example binary cross-entropy and a 0/1 label weight.
+
+  The loss is averaged over classes. The weight is 0 for an unlabelled
+  example, whose classes are all NO_LABEL.
+  """
   weights = tf.cast(tf.reduce_all(labels >= 0, axis=-1), probabilities.dtype)
   safe_labels = tf.maximum(labels, 0.0)
   losses = tf.keras.losses.binary_crossentropy(safe_labels[..., tf.newaxis],
@@ -100,7 +104,8 @@ class MultiTaskModel(tf.keras.Model):
                     is not None else None)
       if task.logq_correction and candidate_probabilities is None:
         raise ValueError(f'Retrieval task {name!r} has logq_correction on, '
-                         'but no candidate_probabilities were given.')
+                         'but no candidate_probabilities were given. Pass '
+                         'them or set logq_correction to false.')
     self._regularization_tracker = tf.keras.metrics.Mean(
         name='regularization_loss')
     self._task_loss_trackers = {
@@ -134,7 +139,10 @@ class MultiTaskModel(tf.keras.Model):
     return results
 
   def _retrieval_loss(self, task: str, labels: tf.Tensor, predictions):
-    """In-batch softmax loss over the rows that are query-candidate pairs."""
+    """Return the in-batch softmax loss and the number of pairs behind it.
+
+    Only rows that are query-candidate pairs (label >= 0) take part.
+    """
     labels = tf.reshape(labels, [-1])
     pairs = labels >= 0
     ids = tf.boolean_mask(labels, pairs)
@@ -155,7 +163,11 @@ class MultiTaskModel(tf.keras.Model):
     return tf.cond(count > 0, loss, lambda: tf.constant(0.0)), count
 
   def _task_loss(self, task: str, labels: tf.Tensor, predictions):
-    """The task's mean loss and the weight (labelled examples) behind it."""
+    """Return the task's mean loss and the weight behind it.
+
+    The weight is the number of labelled examples in the batch, or for a
+    softmax task with class weights, the sum of their weights.
+    """
     kind = self.task_types[task]
     if kind == 'retrieval':
       return self._retrieval_loss(task, labels, predictions)

@@ -114,10 +114,10 @@ def _encode_label(label: tf.Tensor, task: TaskConfig) -> tf.Tensor:
 
 def _encode_retrieval_label(inputs, task: TaskConfig, config: PipelineConfig,
                             vocabularies) -> tf.Tensor:
-  """The candidate's id where the row is a query-candidate pair, else NO_LABEL.
+  """Encode the candidate id of a query-candidate pair row, else NO_LABEL.
 
-  The id is the one the candidate id feature gets, so the label of a row
-  and the candidate tower's input agree.
+  The label uses the same vocabulary lookup as the candidate id feature, so
+  a row's label and the candidate tower's input agree.
   """
   candidate = config.feature(task.candidate_id)
   ids = _apply_ids(_dense_strings(inputs[task.label]),
@@ -130,7 +130,10 @@ def _encode_retrieval_label(inputs, task: TaskConfig, config: PipelineConfig,
 
 
 def _encode_multilabel(label, task: TaskConfig) -> tf.Tensor:
-  """Multi-hot [batch, classes] floats; all NO_LABEL for an empty list."""
+  """Encode a label list as multi-hot [batch, classes] floats.
+
+  A row with an empty list gets NO_LABEL in every class.
+  """
   values = _ragged_strings(label).to_tensor(default_value='')
   classes = tf.constant(list(task.classes))
   matches = tf.equal(values[:, :, tf.newaxis], classes[tf.newaxis, tf.newaxis])
@@ -142,7 +145,10 @@ def _encode_multilabel(label, task: TaskConfig) -> tf.Tensor:
 
 
 def _unlabel_where_set(label: tf.Tensor, marker) -> tf.Tensor:
-  """Replace the label of rows whose `marker` feature is non-empty."""
+  """Set the label to NO_LABEL in rows whose `marker` feature is set.
+
+  A string marker is set when non-empty, and a number when nonzero.
+  """
   marker = _dense_strings(marker)
   if marker.dtype == tf.string:
     is_set = tf.not_equal(marker, '')
@@ -209,7 +215,7 @@ def make_preprocessing_fn(config: PipelineConfig,
 
 
 def label_keys(config: PipelineConfig) -> List[str]:
-  """Raw feature names that hold labels, which serving requests omit.
+  """Return the raw label feature names, which serving requests omit.
 
   A retrieval task's label is its candidate id feature, which the candidate
   tower reads, so it is not one of them.

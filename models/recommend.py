@@ -7,9 +7,10 @@ candidates for each query. Both take raw query features, like the other
 signatures.
 
 The catalogue contains one row of raw candidate features per candidate id
-seen in any split of the examples (an item's own row where there is one),
-and each id's count of train pairs: the popularity that ranks candidates
-for a query with no known user id and no history.
+seen in any split of the examples. For each id it keeps the row with the
+most features filled in, usually the item's own row. It also stores each
+id's count of train pairs. This popularity ranks the candidates for a query
+with no known user id and no history.
 """
 
 import collections
@@ -42,7 +43,7 @@ class Catalogue(NamedTuple):
   """Raw candidate features, one row per candidate id.
 
   Attributes:
-    ids: the candidate ids, most popular first.
+    ids: the candidate ids, by descending popularity, ties by id.
     values: raw feature name -> one value per id (a list for list features).
     popularity: each id's number of train pairs.
   """
@@ -52,7 +53,7 @@ class Catalogue(NamedTuple):
 
 
 def rank_tower_features(config: PipelineConfig):
-  """Return the (query, candidate) features of `rank` and `recommend`."""
+  """Return the query and candidate feature names of `rank` and `recommend`."""
   retrieval = config.retrieval_task
   if retrieval is not None:
     return list(retrieval.query_features), list(retrieval.candidate_features)
@@ -83,8 +84,8 @@ def build_catalogue(config: PipelineConfig, examples_dir: str,
   """Collect every candidate id's features from the raw examples.
 
   Args:
-    config: the pipeline config; its retrieval task (or `serving`) names the
-      candidate features, the first being the id.
+    config: the pipeline config. Its retrieval task (or `serving`) names the
+      candidate features, and the first one is the id.
     examples_dir: ExampleGen's output.
     feature_types: raw feature name -> type, as ExampleGen wrote them.
     splits: the splits to read ids from; popularity counts train only.
@@ -120,7 +121,8 @@ def build_catalogue(config: PipelineConfig, examples_dir: str,
         rows[candidate], filled[candidate] = row, count
   if not rows:
     raise ValueError(f'No example in {examples_dir} has a candidate id in '
-                     f'{id_feature!r}; the catalogue would be empty.')
+                     f'feature {id_feature!r}, so the catalogue would be '
+                     'empty. Check the candidate id feature in the config.')
   ids = sorted(rows, key=lambda i: (-popularity[i], i))
   values = {}
   for name in candidate_features:
@@ -144,7 +146,7 @@ def _to_raw(inputs: Dict[str, tf.Tensor], config: PipelineConfig):
   raw = {}
   for name, value in inputs.items():
     if config.feature(name).type == 'id_sequence':
-      value = tf.sparse.from_dense(value)  # Drops the '' padding.
+      value = tf.sparse.from_dense(value)  # Drops the '' padding values.
     raw[name] = value
   return raw
 
@@ -167,7 +169,8 @@ class RecommendModule(tf.Module):
     retrieval = config.retrieval_task
     self._retrieval = retrieval
 
-    # The catalogue, plus one empty row for ids it does not hold.
+    # The catalogue plus one empty last row, which `_row_of_id` returns for
+    # ids that are not in the catalogue.
     self._ids = tf.constant(catalogue.ids)
     self._catalogue = {}
     for name in self._candidate_features:
@@ -191,7 +194,7 @@ class RecommendModule(tf.Module):
           k=retrieval.max_k, name='candidate_index')
       self.index.index(tf.cast(embeddings, tf.float32), self._ids)
       # Popularity as a one-column index: a query of 1 scores each id by
-      # the log of its train count.
+      # log(1 + its train count).
       self.popularity_index = tfrs.layers.factorized_top_k.BruteForce(
           k=retrieval.max_k, name='popularity_index')
       counts = np.asarray(catalogue.popularity, np.float32)
@@ -231,7 +234,15 @@ class RecommendModule(tf.Module):
 
   def recommend(self, query: Dict[str, tf.Tensor], k: tf.Tensor,
                 exclude: tf.Tensor) -> Dict[str, tf.Tensor]:
-    """Return the top max(k) candidates of each query, without excluded ids."""
+    """Return the top max(k) candidates of each query, without excluded ids.
+
+    Every row gets max(k) candidates. A query with an unknown user id and an
+    empty history gets the candidates with the most train pairs instead.
+
+    NOTE: when fewer than k catalogue ids are not excluded, the output still
+    has min(k, catalogue size) ids per row, and excluded ids fill the last
+    places.
+    """
     max_k = self._retrieval.max_k
     k = tf.reduce_max(tf.cast(k, tf.int32))
     tf.debugging.assert_positive(
@@ -272,7 +283,7 @@ class RecommendModule(tf.Module):
 
   def rank(self, query: Dict[str, tf.Tensor],
            candidates: tf.Tensor) -> Dict[str, tf.Tensor]:
-    """Score each (query, candidate) pair; '' padding scores 0."""
+    """Score each (query, candidate) pair. Padding ('') scores 0."""
     batch = tf.shape(candidates)[0]
     width = tf.shape(candidates)[1]
     flat = tf.reshape(candidates, [-1])

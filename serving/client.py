@@ -116,7 +116,10 @@ def pad_rows(rows: Sequence[Any], pad_value: Any = '') -> List[Any]:
 
 
 def _at_least_one_column(values: Sequence[Any]) -> Sequence[Any]:
-  """Give list rows that are all empty one '' each, so the width is 1."""
+  """Replace every row with [''] when all rows are empty lists.
+
+  The padded width is then 1 instead of 0.
+  """
   if values and all(_is_sequence(v) and not len(v) for v in values):
     return [['']] * len(values)
   return values
@@ -239,14 +242,38 @@ class _Client:
               version: Optional[int] = None) -> Dict[str, np.ndarray]:
     raise NotImplementedError
 
+  def _with_empty_inputs(self, query: Mapping[str, Sequence[Any]],
+                         signature_name: str,
+                         version: Optional[int]) -> Dict[str, Any]:
+    """Add the query inputs that `query` leaves out, as empty values.
+
+    An empty value is '' for a string, 0 for a number and [''] for an id
+    list, which the model reads as a missing feature.
+    """
+    if not query:
+      raise ServingError(
+          'INVALID_ARGUMENT', f'The {signature_name} query has no features; '
+          'pass at least one, such as the user id.', self.target)
+    rows = len(next(iter(query.values())))
+    dtypes = self.input_dtypes(signature_name, version)
+    ranks = _input_ranks(self.signature(signature_name, version))
+    features = {name: _at_least_one_column(values)
+                for name, values in query.items()}
+    for name, dtype in sorted(dtypes.items()):
+      if name not in features and name not in ('k', 'exclude', 'candidates'):
+        features[name] = [_empty_value(dtype, ranks.get(name, 1))] * rows
+    return features
+
   def recommend(self, query: Mapping[str, Sequence[Any]], k: int,
                 exclude: Optional[Sequence[Sequence[str]]] = None,
                 version: Optional[int] = None) -> Dict[str, np.ndarray]:
-    """Top-k candidate ids, titles and scores per query row.
+    """Request the top-k candidate ids, titles and scores per query row.
 
     Args:
-      query: the raw query features, one list entry per row; a history is a
-        list of ids per row, padded here.
+      query: the raw query features as a dict of lists, one entry per row
+        (ids are strings, a history is a list of ids per row). Query inputs
+        left out are sent empty: '' for a string, 0 for a number, [''] for
+        an id list.
       k: how many candidates each row gets, at most the model's max_k.
       exclude: per row, ids that must not be returned.
       version: a model version; the latest when None.
@@ -255,9 +282,8 @@ class _Client:
       `item_ids`, `titles` and `scores` [rows, k], and `source` [rows]
       (`model`, or `popularity` for a user the model does not know).
     """
+    features = self._with_empty_inputs(query, 'recommend', version)
     rows = len(next(iter(query.values())))
-    features = {name: _at_least_one_column(values)
-                for name, values in query.items()}
     features['k'] = [k] * rows
     exclude = [list(e) for e in exclude] if exclude else [[]] * rows
     # One empty string keeps the padded width at least one.
@@ -267,9 +293,11 @@ class _Client:
   def rank(self, query: Mapping[str, Sequence[Any]],
            candidates: Sequence[Sequence[str]],
            version: Optional[int] = None) -> np.ndarray:
-    """A score per candidate id of each query row; padding scores 0."""
-    features = {name: _at_least_one_column(values)
-                for name, values in query.items()}
+    """Score each candidate id of each query row with the `rank` signature.
+
+    Returns [rows, candidates] scores. Padding ('') scores 0.
+    """
+    features = self._with_empty_inputs(query, 'rank', version)
     features['candidates'] = [list(c) for c in candidates]
     return self.predict(features, signature_name='rank',
                         version=version)['scores']
@@ -635,14 +663,14 @@ def _cli_features(args, client: _Client) -> Dict[str, List[Any]]:
     raise SystemExit(f'error: {unknown} are not inputs of signature '
                      f'{args.signature!r}; it takes {sorted(dtypes)}.')
   features, defaulted = {}, []
-  for name, dtype in dtypes.items():
+  for name, dtype in sorted(dtypes.items()):
     if name in values:
       features[name] = [_parse_value(values[name], dtype, ranks.get(name, 1))]
     else:
       features[name] = [_empty_value(dtype, ranks.get(name, 1))]
       defaulted.append(name)
   if getattr(args, 'command', '') == 'recommend':
-    # --k and --exclude fill these.
+    # The --k and --exclude options set these inputs, so they need no note.
     defaulted = [n for n in defaulted if n not in ('k', 'exclude')]
   if defaulted:
     print(f'note: sending empty values for {defaulted}; pass them with '
@@ -672,7 +700,11 @@ def format_predictions(outputs: Mapping[str, np.ndarray]) -> str:
 
 
 def format_recommendations(outputs: Mapping[str, np.ndarray]) -> str:
-  """One line per recommended id: rank, id, score and title."""
+  """Format a header line per query row, then one line per recommended id.
+
+  The header names the source of the ranking. Each id line shows the rank,
+  id, score and title.
+  """
   lines = []
   for row in range(len(outputs['item_ids'])):
     source = outputs['source'][row]
@@ -715,13 +747,17 @@ def _parse_args(argv: Optional[List[str]]):
     if name == 'recommend':
       command.add_argument('--feature', action='append', metavar='NAME=VALUE',
                            help='A query feature, e.g. user_id=42 or '
-                           'history="50 172 133"; repeat for more.')
+                           'history="50 172 133". Repeat the option for '
+                           'more features.')
       command.add_argument('--k', type=int, default=10,
-                           help='How many candidates to return.')
+                           help='Number of candidates to return, at most '
+                           'the model\'s max_k.')
       command.add_argument('--exclude', default='',
-                           help='Whitespace-separated ids not to return.')
-      command.set_defaults(signature='recommend', text=None, summary=None,
-                           json=False)
+                           help='Whitespace-separated candidate ids to '
+                           'exclude from the results.')
+      command.add_argument('--json', action='store_true',
+                           help='Print the raw outputs as JSON.')
+      command.set_defaults(signature='recommend', text=None, summary=None)
     if name == 'predict':
       command.add_argument('--text', default=None, help='The review text.')
       command.add_argument('--summary', default=None,
@@ -753,7 +789,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                if name not in ('k', 'exclude')}
       outputs = client.recommend(query, args.k, [args.exclude.split()],
                                  args.version)
-      print(format_recommendations(outputs))
+      if args.json:
+        print(json.dumps({name: _json_value(np.asarray(value))
+                          for name, value in outputs.items()}, indent=2))
+      else:
+        print(format_recommendations(outputs))
     else:
       outputs = client.predict(_cli_features(args, client), args.signature,
                                args.version)

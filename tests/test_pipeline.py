@@ -17,8 +17,6 @@ import hashlib
 import json
 import random
 import shutil
-import subprocess
-import sys
 from typing import Dict, List, NamedTuple
 
 import numpy as np
@@ -27,6 +25,7 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  Registers the tf-text ops of the graph.
 import tensorflow_transform as tft
 
+import graph_checks
 import pipeline
 from components import artifacts
 from components import evaluator
@@ -248,48 +247,10 @@ def test_session_labels_match_argmax(amazon_run, tft_output, served_outputs):
         f'{expected[wrong[0]] if wrong else None!r}')
 
 
-_UNREGISTERED_OPS_SCRIPT = '''
-import json
-import os
-import sys
-
-os.environ['TF_USE_LEGACY_KERAS'] = '1'
-os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'
-import tensorflow
-if sys.argv[1] == 'text':
-  import tensorflow_text
-from tensorflow.python.framework import op_def_registry
-
-ops = json.loads(sys.stdin.read())
-print(json.dumps(sorted(op for op in ops if op_def_registry.get(op) is None)))
-'''
-
-
-def _unregistered_ops(ops: List[str], with_text: bool) -> List[str]:
-  """List the ops that a fresh interpreter does not register.
-
-  Args:
-    ops: op type names.
-    with_text: import tensorflow_text after tensorflow.
-
-  Returns:
-    The unknown op type names, sorted.
-  """
-  result = subprocess.run(
-      [sys.executable, '-c', _UNREGISTERED_OPS_SCRIPT,
-       'text' if with_text else 'core'],
-      input=json.dumps(sorted(ops)), capture_output=True, text=True,
-      check=False, timeout=300)
-  assert result.returncode == 0, (
-      f'the op registry check failed with code {result.returncode}: '
-      f'{result.stderr[-2000:]}')
-  return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def test_graph_ops_registered(served_session):
   ops = served_session.op_types()
-  not_in_core = _unregistered_ops(sorted(ops), with_text=False)
-  not_in_text = _unregistered_ops(not_in_core, with_text=True)
+  not_in_core = graph_checks.unregistered_ops(sorted(ops), with_text=False)
+  not_in_text = graph_checks.unregistered_ops(not_in_core, with_text=True)
 
   assert 'NormalizeUTF8' in not_in_core, (
       f'NormalizeUTF8 is missing from the ops outside core TensorFlow: '

@@ -79,7 +79,10 @@ _TOPICS = {'space': ['orbit', 'rocket', 'planet', 'comet', 'star'],
 
 
 def _write_clicks(path: str, impressions: int) -> None:
-  """Each user reads one topic and clicks only its stories."""
+  """Write a click log where each user clicks only the stories of one topic.
+
+  Each user's history also comes from that topic.
+  """
   rng = random.Random(0)
   stories = {f'N{i}': sorted(_TOPICS)[i % 2] for i in range(30)}
   titles = {story: ' '.join(rng.sample(_TOPICS[topic], 3))

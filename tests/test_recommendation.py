@@ -3,7 +3,8 @@
 One pipeline run of `configs/movielens.yaml` (fewer epochs) trains the joint
 model and pushes it. The tests check that histories come from the train
 split only, that every task beats its baseline, and that the `recommend` and
-`rank` signatures answer the same in process, over gRPC and over REST.
+`rank` signatures return the same results in process, over gRPC and over
+REST.
 """
 
 import collections
@@ -19,6 +20,8 @@ from components import artifacts
 from components.config import load_config
 from serving import client as serving_client
 from serving.client import GrpcClient, RestClient, ServingError
+from serving.saved_model_session import SavedModelSession
+import graph_checks
 import serving_fixtures
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +48,7 @@ def movielens_dir(data_dir):
 
 @pytest.fixture(scope='module')
 def run(movielens_dir, tmp_path_factory):
-  """The summary of one full pipeline run, and its serving folder."""
+  """Run the whole pipeline once and return its summary and serving folder."""
   root = tmp_path_factory.mktemp('movielens')
   config = load_config(CONFIG)
   config = dataclasses.replace(config, trainer=dataclasses.replace(
@@ -58,7 +61,7 @@ def run(movielens_dir, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def splits(run):
-  """Split name -> the raw examples ExampleGen wrote, as dicts."""
+  """Read the raw examples that ExampleGen wrote, as dicts per split name."""
   summary, _ = run
   examples_dir = next(c['output_dir'] for c in summary['components']
                       if c['component'] == 'example_gen')
@@ -95,7 +98,7 @@ def _train_items(splits):
 
 
 def _query(row, k, exclude=()):
-  """A one-row `recommend` request for the user of an example row."""
+  """Build a one-row `recommend` request for the user of an example row."""
   return {'user_id': [row['user_id'][0]], 'history': [row['history']],
           'occupation': [row['occupation'][0]], 'gender': [row['gender'][0]],
           'age': [row['age'][0]], 'k': [k], 'exclude': [list(exclude)]}
@@ -133,7 +136,7 @@ def _row_of_user(splits, user):
   return next(row for row in splits['eval'] if row['user_id'][0] == user)
 
 
-def test_histories_hold_train_items_only(splits):
+def test_histories_contain_train_items_only(splits):
   train_items = _train_items(splits)
   checked = 0
   for split, rows in splits.items():
@@ -147,7 +150,8 @@ def test_histories_hold_train_items_only(splits):
       if split == 'train':
         assert row['item_id'][0] not in history
       else:
-        # Validation and eval rows see the user's whole train history.
+        # Validation and eval rows get the user's whole train history, up
+        # to the configured max_length of 50.
         expected = min(len(train_items[user]), 50)
         assert len(row['history']) == expected
       checked += 1
@@ -173,7 +177,8 @@ def test_recommend_returns_distinct_ids_with_titles(loaded, splits):
   row = _row_of_user(splits, _users_by_eval_count(splits, 1)[0])
   top50 = _recommend(loaded, _query(row, 50))
   ids = top50['item_ids'][0].astype(str)
-  assert ids.shape == (50,) and len(set(ids)) == 50
+  assert ids.shape == (50,)
+  assert len(set(ids)) == 50
   assert [t.decode('utf-8') for t in top50['titles'][0]] == [
       titles[i] for i in ids]
   assert np.all(np.diff(top50['scores'][0]) <= 0)
@@ -185,11 +190,12 @@ def test_recommend_returns_distinct_ids_with_titles(loaded, splits):
   excluded = list(ids[:5])
   without = _recommend(loaded, _query(row, 50, excluded))
   kept = without['item_ids'][0].astype(str)
-  assert len(set(kept)) == 50 and not set(kept) & set(excluded)
+  assert len(set(kept)) == 50
+  assert not set(kept) & set(excluded)
   assert list(kept[:45]) == list(ids[5:])
 
 
-def test_unknown_user_gets_the_most_rated_movies(loaded, splits):
+def test_unknown_user_gets_most_rated_movies(loaded, splits):
   counts = collections.Counter(
       row['item_id'][0] for row in splits['train'] if row['user_id'][0])
   popular = sorted(counts, key=lambda i: (-counts[i], i))[:10]
@@ -246,7 +252,8 @@ def test_served_recommend_matches_in_process(client, loaded, splits, k):
         exclude=[excluded])
     ids = served['item_ids'][0].astype(str)
     assert list(ids) == list(expected['item_ids'][0].astype(str))
-    assert len(set(ids)) == k and not set(ids) & set(excluded)
+    assert len(set(ids)) == k
+    assert not set(ids) & set(excluded)
     assert [t.decode('utf-8') if isinstance(t, bytes) else t
             for t in served['titles'][0]] == [
                 t.decode('utf-8') for t in expected['titles'][0]]
@@ -262,7 +269,7 @@ def test_served_recommend_matches_in_process(client, loaded, splits, k):
     assert hits_served > 0
 
 
-def test_k_above_the_maximum_is_rejected(client, splits):
+def test_k_above_max_k_is_rejected(client, splits):
   row = _row_of_user(splits, _users_by_eval_count(splits, 1)[0])
   with pytest.raises(ServingError) as raised:
     client.recommend({name: _query(row, 1)[name] for name in QUERY_FEATURES},
@@ -299,3 +306,34 @@ def test_recommend_command_prints_titles(server, loaded, splits, capsys):
                                            expected['titles'][0]), start=1):
     assert lines[rank].split()[:2] == [str(rank), item.decode('utf-8')]
     assert lines[rank].endswith(title.decode('utf-8'))
+
+
+def test_session_recommend_matches_tf2_call(model_dir, loaded, splits):
+  row = _row_of_user(splits, _users_by_eval_count(splits, 3)[2])
+  request = _query(row, 20, sorted(row['history'])[:2])
+  expected = _recommend(loaded, request)
+  session = SavedModelSession(model_dir)
+  try:
+    inputs = {name: value.numpy() for name, value in
+              _tensors(request).items()}
+    outputs = session.run(inputs, signature_name='recommend')
+    ops = session.op_types()
+  finally:
+    session.close()
+  assert list(outputs['item_ids'][0]) == list(expected['item_ids'][0])
+  np.testing.assert_allclose(outputs['scores'][0], expected['scores'][0],
+                             rtol=1e-6)
+  not_in_core = graph_checks.unregistered_ops(sorted(ops), with_text=False)
+  assert not graph_checks.unregistered_ops(not_in_core, with_text=True)
+
+
+def test_served_unknown_user_needs_only_its_id(client, splits):
+  counts = collections.Counter(
+      row['item_id'][0] for row in splits['train'] if row['user_id'][0])
+  popular = sorted(counts, key=lambda i: (-counts[i], i))[:5]
+  outputs = client.recommend({'user_id': ['no-such-user']}, k=5)
+  assert outputs['source'][0] in (b'popularity', 'popularity')
+  assert list(outputs['item_ids'][0].astype(str)) == popular
+  np.testing.assert_allclose(outputs['scores'][0],
+                             np.log1p([counts[i] for i in popular]),
+                             rtol=1e-6)
