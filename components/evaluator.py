@@ -108,6 +108,24 @@ def _labelled(task: TaskConfig, data: _EvalData) -> np.ndarray:
   return labelled
 
 
+def _load_signature(model_dir: str, name: str):
+  """Load a SavedModel's signature, or raise ValueError naming the others."""
+  loaded = tf.saved_model.load(model_dir)
+  if name not in loaded.signatures:
+    raise ValueError(f'The SavedModel at {model_dir} has no `{name}` '
+                     'signature. Its signatures are '
+                     f'{sorted(loaded.signatures)}.')
+  return loaded.signatures[name]
+
+
+def _parse_inputs(serialized: List[bytes], spec) -> Dict[str, tf.Tensor]:
+  """Parse raw examples into dense inputs; lists are padded with ''."""
+  parsed = tf.io.parse_example(tf.constant(serialized), spec)
+  return {name: (tf.sparse.to_dense(value, default_value='')
+                 if isinstance(value, tf.SparseTensor) else value)
+          for name, value in parsed.items()}
+
+
 def recommend_examples(model_dir: str, serialized: List[bytes], k: int
                        ) -> np.ndarray:
   """Run a SavedModel's `recommend` signature on raw examples' query features.
@@ -115,21 +133,13 @@ def recommend_examples(model_dir: str, serialized: List[bytes], k: int
   Returns:
     [examples, k] recommended ids, best first, with no ids excluded.
   """
-  loaded = tf.saved_model.load(model_dir)
-  if 'recommend' not in loaded.signatures:
-    raise ValueError(f'The SavedModel at {model_dir} has no `recommend` '
-                     'signature. Its signatures are '
-                     f'{sorted(loaded.signatures)}.')
-  signature = loaded.signatures['recommend']
+  signature = _load_signature(model_dir, 'recommend')
   parse_spec = _parse_spec(signature,
                            {recommend.K_INPUT, recommend.EXCLUDE_INPUT})
   ids = []
   for start in range(0, len(serialized), PREDICT_BATCH_SIZE):
-    batch = tf.io.parse_example(
-        tf.constant(serialized[start:start + PREDICT_BATCH_SIZE]), parse_spec)
-    inputs = {name: (tf.sparse.to_dense(value, default_value='')
-                     if isinstance(value, tf.SparseTensor) else value)
-              for name, value in batch.items()}
+    inputs = _parse_inputs(serialized[start:start + PREDICT_BATCH_SIZE],
+                           parse_spec)
     size = int(tf.shape(next(iter(inputs.values())))[0])
     inputs[recommend.K_INPUT] = tf.fill([size], tf.constant(k, tf.int32))
     inputs[recommend.EXCLUDE_INPUT] = tf.fill([size, 0], '')
@@ -164,12 +174,7 @@ def rank_scores(model_dir: str, task: TaskConfig, data: _EvalData,
   Returns:
     One score per example; NaN where `mask` is False.
   """
-  loaded = tf.saved_model.load(model_dir)
-  if 'rank' not in loaded.signatures:
-    raise ValueError(f'The SavedModel at {model_dir} has no `rank` '
-                     'signature. Its signatures are '
-                     f'{sorted(loaded.signatures)}.')
-  signature = loaded.signatures['rank']
+  signature = _load_signature(model_dir, 'rank')
   spec = _parse_spec(signature, {recommend.CANDIDATES_INPUT})
   groups = collections.defaultdict(list)
   for index in np.flatnonzero(mask):
@@ -178,11 +183,8 @@ def rank_scores(model_dir: str, task: TaskConfig, data: _EvalData,
   ordered = list(groups.values())
   for start in range(0, len(ordered), RANK_BATCH_GROUPS):
     batch = ordered[start:start + RANK_BATCH_GROUPS]
-    queries = tf.io.parse_example(
-        tf.constant([data.serialized[rows[0]] for rows in batch]), spec)
-    inputs = {name: (tf.sparse.to_dense(value, default_value='')
-                     if isinstance(value, tf.SparseTensor) else value)
-              for name, value in queries.items()}
+    inputs = _parse_inputs([data.serialized[rows[0]] for rows in batch],
+                           spec)
     width = max(len(rows) for rows in batch)
     inputs[recommend.CANDIDATES_INPUT] = tf.constant(
         [[data.values[candidate_id][i] for i in rows] +

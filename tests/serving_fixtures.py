@@ -20,7 +20,7 @@ import pipeline
 from components import pusher
 from components import trainer
 from components.config import load_config
-from serving.client import RestClient, ServingError
+from serving.client import GrpcClient, RestClient, ServingError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AMAZON_CONFIG = os.path.join(REPO_ROOT, 'configs', 'amazon_fine_food.yaml')
@@ -107,3 +107,15 @@ def running_server(model_name: str, model_base_path: str, log_path):
     finally:
       process.terminate()
       process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def connected_client(protocol: str, targets, model_name: str):
+  """Yield a `grpc` or `rest` client of the server at (grpc, rest) targets."""
+  grpc_target, rest_url = targets
+  client = (GrpcClient(grpc_target, model_name) if protocol == 'grpc'
+            else RestClient(rest_url, model_name))
+  try:
+    yield client
+  finally:
+    client.close()

@@ -68,11 +68,9 @@ def expected(serving_dir):
 
 @pytest.fixture(params=['grpc', 'rest'])
 def client(request, server):
-  grpc_target, rest_url = server
-  made = (GrpcClient(grpc_target, MODEL) if request.param == 'grpc'
-          else RestClient(rest_url, MODEL))
-  yield made
-  made.close()
+  with serving_fixtures.connected_client(request.param, server,
+                                         MODEL) as made:
+    yield made
 
 
 def test_predict_matches_session(client, expected):

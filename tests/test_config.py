@@ -96,34 +96,40 @@ def test_retrieval_defaults():
   task = parse_config(RETRIEVAL).task('retrieval')
   assert task.main_metric == 'top_100_accuracy'
   assert task.candidate_id == 'item_id'
-  assert task.logq_correction and task.remove_accidental_hits
+  assert task.logq_correction
+  assert task.remove_accidental_hits
 
 
 def test_retrieval_feature_in_no_tower_named():
   message = _error(_with_task(candidate_features=['item_id']))
-  assert "['title']" in message and 'neither' in message
+  assert "['title']" in message
+  assert 'neither' in message
 
 
 def test_retrieval_text_in_query_tower_rejected():
   message = _error(_with_task(query_features=['user_id', 'title'],
                               candidate_features=['item_id']))
-  assert "['title']" in message and 'candidate' in message
+  assert "['title']" in message
+  assert 'candidate' in message
 
 
 def test_retrieval_label_must_be_candidate_id():
   message = _error(_with_task(label='user_id'))
-  assert "'user_id'" in message and "'item_id'" in message
+  assert "'user_id'" in message
+  assert "'item_id'" in message
 
 
 def test_retrieval_top_k_above_max_k_rejected():
   message = _error(_with_task(top_ks=[10, 500], max_k=100))
-  assert '500' in message and 'max_k' in message
+  assert '500' in message
+  assert 'max_k' in message
 
 
 def test_multilabel_needs_classes():
   message = _error({**MINIMAL, 'tasks': [
       {'name': 'genres', 'type': 'multilabel', 'label': 'genres'}]})
-  assert "'genres'" in message and 'classes' in message
+  assert "'genres'" in message
+  assert 'classes' in message
 
 
 def test_multilabel_main_metric_default():

@@ -98,8 +98,8 @@ def _write_clicks(path: str, impressions: int) -> None:
       user = f'U{impression % 40}'
       topic = sorted(_TOPICS)[impression % 40 % 2]
       history = rng.sample(by_topic[topic], 4)
-      shown = rng.sample(sorted(stories), 6)
-      for position, story in enumerate(shown):
+      shown_stories = rng.sample(sorted(stories), 6)
+      for position, story in enumerate(shown_stories):
         writer.writerow([f'I{impression}-{position}', f'I{impression}', user,
                          ' '.join(history), story, titles[story],
                          '1' if stories[story] == topic else '0'])

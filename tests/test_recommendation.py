@@ -19,7 +19,7 @@ import pipeline
 from components import artifacts
 from components.config import load_config
 from serving import client as serving_client
-from serving.client import GrpcClient, RestClient, ServingError
+from serving.client import ServingError
 from serving.saved_model_session import SavedModelSession
 import graph_checks
 import serving_fixtures
@@ -189,10 +189,10 @@ def test_recommend_returns_distinct_ids_with_titles(loaded, splits):
 
   excluded = list(ids[:5])
   without = _recommend(loaded, _query(row, 50, excluded))
-  kept = without['item_ids'][0].astype(str)
-  assert len(set(kept)) == 50
-  assert not set(kept) & set(excluded)
-  assert list(kept[:45]) == list(ids[5:])
+  remaining_ids = without['item_ids'][0].astype(str)
+  assert len(set(remaining_ids)) == 50
+  assert not set(remaining_ids) & set(excluded)
+  assert list(remaining_ids[:45]) == list(ids[5:])
 
 
 def test_unknown_user_gets_most_rated_movies(loaded, splits):
@@ -233,11 +233,9 @@ def server(run, tmp_path_factory):
 
 @pytest.fixture(params=['grpc', 'rest'])
 def client(request, server):
-  grpc_target, rest_url = server
-  made = (GrpcClient(grpc_target, MODEL) if request.param == 'grpc'
-          else RestClient(rest_url, MODEL))
-  yield made
-  made.close()
+  with serving_fixtures.connected_client(request.param, server,
+                                         MODEL) as connected:
+    yield connected
 
 
 @pytest.mark.parametrize('k', [3, 50])

@@ -28,10 +28,9 @@ its ids and gets empty fields ('', [] or 0) for the missing side.
 import collections
 import os
 import re
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from components.adapters import base
@@ -203,58 +202,25 @@ def read_genres(path: str) -> List[str]:
   return genres
 
 
-class _ReadLatin1Lines(beam.DoFn):
-  """Read whole Latin-1 files into `readers.Row`s, one per non-blank line.
-
-  A line with a control character goes to the REJECTED output, and the count
-  of non-blank lines in each file to INPUT_ROWS as a `(path, count)` pair.
-  """
-
-  def process(self, readable_file: fileio.ReadableFile):
-    path = readable_file.metadata.path
-    rows = 0
-    with readable_file.open(mime_type='application/octet-stream') as binary:
-      for row_number, line in enumerate(binary, start=1):
-        line = line.rstrip(b'\r\n')
-        if not line.strip():
-          continue
-        rows += 1
-        text = line.decode(MOVIELENS_ENCODING)
-        control = _CONTROL_CHARACTERS.search(text)
-        if control is None:
-          yield readers.Row(path, row_number, text)
-          continue
-        reason = (f'Byte 0x{ord(control.group()):02x} at offset '
-                  f'{control.start()} is a control character in Latin-1, '
-                  f'the encoding of {os.path.basename(path)}; check that the '
-                  f'file is the published one: {readers.quote_value(text)}.')
-        yield beam.pvalue.TaggedOutput(
-            readers.REJECTED,
-            readers.rejected_row(path, row_number, reason, text))
-    yield beam.pvalue.TaggedOutput(readers.INPUT_ROWS, (path, rows))
+def _decode_latin1(path: str, line: bytes) -> Tuple[str, Optional[str]]:
+  """Decode one line as Latin-1; a control character rejects the line."""
+  text = line.decode(MOVIELENS_ENCODING)
+  control = _CONTROL_CHARACTERS.search(text)
+  if control is None:
+    return text, None
+  return text, (f'Byte 0x{ord(control.group()):02x} at offset '
+                f'{control.start()} is a control character in Latin-1, '
+                f'the encoding of {os.path.basename(path)}; check that the '
+                f'file is the published one: {readers.quote_value(text)}.')
 
 
 def _read_latin1_lines(pipeline: beam.Pipeline, pattern: str, name: str):
-  """Add steps that read Latin-1 line files, like readers.read_text_lines.
+  """Add steps that read Latin-1 line files into rows.
 
   Returns:
     `rows` (reshuffled), `rejected` and `input_rows`.
   """
-  outputs = (
-      pipeline
-      | f'Match{name}Files' >> fileio.MatchFiles(pattern)
-      | f'Read{name}Files' >> fileio.ReadMatches()
-      | f'Split{name}IntoLines' >> beam.ParDo(_ReadLatin1Lines()).with_outputs(
-          readers.REJECTED, readers.INPUT_ROWS, main='rows'))
-  rows = outputs.rows | f'Reshuffle{name}' >> beam.Reshuffle()
-  return _RowsOutput(rows, outputs[readers.REJECTED],
-                     outputs[readers.INPUT_ROWS])
-
-
-class _RowsOutput(NamedTuple):
-  rows: beam.PCollection
-  rejected: beam.PCollection
-  input_rows: beam.PCollection
+  return readers.read_text_lines(pipeline, pattern, name, _decode_latin1)
 
 
 def _row_ref(row: readers.Row) -> Tuple[str, int, str]:

@@ -13,7 +13,8 @@ import csv
 import io
 import logging
 import re
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence
+from typing import (Any, Callable, Dict, Iterable, List, NamedTuple,
+                    Optional, Sequence, Tuple)
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -173,13 +174,34 @@ def _csv_values(header: List[str], fields: List[str]) -> Dict[str, str]:
   return dict(zip(header, fields))
 
 
+def decode_utf8(path: str, line: bytes) -> Tuple[str, Optional[str]]:
+  """Decode one line as UTF-8.
+
+  Returns:
+    (text, None), or (the text with bad bytes escaped, the rejection reason).
+  """
+  del path  # The reason names no file; the rejected row records it.
+  try:
+    return line.decode('utf-8'), None
+  except UnicodeDecodeError as e:
+    raw = line.decode('utf-8', errors='backslashreplace')
+    return raw, (f'The line is not valid UTF-8 (byte '
+                 f'0x{line[e.start]:02x} at offset {e.start}): '
+                 f'{quote_value(raw)}.')
+
+
 class _ReadTextLines(beam.DoFn):
   """Read whole line-oriented files (TSV, JSON Lines) into `Row`s.
 
-  Blank lines are skipped and not counted. A line with invalid UTF-8 goes to
-  the REJECTED output. The count of other lines in each file goes to
-  INPUT_ROWS as a `(path, count)` pair.
+  Blank lines are skipped and not counted. A line that `decode` rejects goes
+  to the REJECTED output with its reason. The count of other lines in each
+  file goes to INPUT_ROWS as a `(path, count)` pair.
   """
+
+  def __init__(self, decode: Callable[[str, bytes],
+                                      Tuple[str, Optional[str]]]):
+    super().__init__()
+    self._decode = decode
 
   def process(self, readable_file: fileio.ReadableFile):
     path = readable_file.metadata.path
@@ -190,15 +212,12 @@ class _ReadTextLines(beam.DoFn):
         if not line.strip():
           continue
         rows += 1
-        try:
-          yield Row(path, row_number, line.decode('utf-8'))
-        except UnicodeDecodeError as e:
-          raw = line.decode('utf-8', errors='backslashreplace')
-          reason = (f'The line is not valid UTF-8 (byte '
-                    f'0x{line[e.start]:02x} at offset {e.start}): '
-                    f'{quote_value(raw)}.')
+        text, reason = self._decode(path, line)
+        if reason is None:
+          yield Row(path, row_number, text)
+        else:
           yield beam.pvalue.TaggedOutput(
-              REJECTED, rejected_row(path, row_number, reason, raw))
+              REJECTED, rejected_row(path, row_number, reason, text))
     yield beam.pvalue.TaggedOutput(INPUT_ROWS, (path, rows))
 
 
@@ -226,8 +245,17 @@ def read_csv_rows(pipeline: beam.Pipeline, pattern: str, name: str,
   return _reshuffle_rows(outputs, name)
 
 
-def read_text_lines(pipeline: beam.Pipeline, pattern: str, name: str):
+def read_text_lines(pipeline: beam.Pipeline, pattern: str, name: str,
+                    decode: Callable[[str, bytes], Tuple[str, Optional[str]]]
+                    = decode_utf8):
   """Add steps that read the line-oriented files matching `pattern`.
+
+  Args:
+    pipeline: the pipeline to add to.
+    pattern: a file path or glob.
+    name: the data's name in step labels, such as 'Ratings'.
+    decode: maps (path, line bytes) to (text, None), or to (text, reason)
+      for a line to reject. Defaults to UTF-8.
 
   Returns:
     A tagged output with `rows` (reshuffled), REJECTED and INPUT_ROWS.
@@ -236,7 +264,7 @@ def read_text_lines(pipeline: beam.Pipeline, pattern: str, name: str):
       pipeline
       | f'Match{name}Files' >> fileio.MatchFiles(pattern)
       | f'Read{name}Files' >> fileio.ReadMatches()
-      | f'Split{name}IntoLines' >> beam.ParDo(_ReadTextLines()).with_outputs(
+      | f'Split{name}IntoLines' >> beam.ParDo(_ReadTextLines(decode)).with_outputs(
           REJECTED, INPUT_ROWS, main='rows'))
   return _reshuffle_rows(outputs, name)
 
