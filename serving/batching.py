@@ -1,22 +1,22 @@
 """Batches concurrent predict requests into one session run.
 
 Requests for the same model version and signature, with the same inputs,
-dtypes and output keys, wait in one queue. A batch closes when it contains
-`max_batch_size` examples or `batch_timeout_micros` after its first request
-arrived. The inputs are concatenated along the batch dimension (rank-2
+dtypes and output keys, wait in one queue. A batch closes when a batch
+thread is free and the queue contains `max_batch_size` examples or its oldest
+request has waited `batch_timeout_micros`. The inputs are concatenated along the batch dimension (rank-2
 string inputs, such as id lists padded with '', are padded to a common
 width with b''), the signature runs once, and each request gets its rows of
 every output back. Requests with an unbatched input (a scalar such as K)
 run on their own.
 """
 
-import concurrent.futures
+import collections
 import dataclasses
 import logging
 import os
 import threading
 import time
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Deque, Dict, List, Mapping, Optional, Tuple
 
 import grpc
 import numpy as np
@@ -30,7 +30,7 @@ from serving.model_manager import ServableVersion
 from serving.monitoring import ServerMetrics
 from serving.tensor_codec import ServingError
 
-# Seconds a queue without requests keeps its thread before it exits.
+# Seconds a queue without requests is kept before it is dropped.
 _QUEUE_IDLE_SECONDS = 5.0
 
 
@@ -163,111 +163,54 @@ class _Task:
 
 
 class _BatchQueue:
-  """Requests compatible with one another, and the thread that batches them."""
+  """Requests compatible with one another; the open batch is its head."""
 
-  def __init__(self, scheduler: 'BatchScheduler', key: Tuple,
-               servable: ServableVersion, signature_name: str,
-               output_keys: Optional[List[str]]):
+  def __init__(self, key: Tuple, servable: ServableVersion,
+               signature_name: str, output_keys: Optional[List[str]]):
     self.key = key
-    self._scheduler = scheduler
-    self._servable = servable
-    self._signature_name = signature_name
-    self._output_keys = output_keys
-    self._condition = threading.Condition()
-    self._pending: List[_Task] = []
-    self._pending_size = 0
-    self.closed = False
-    self._thread = threading.Thread(target=self._loop, daemon=True,
-                                    name=f'batch-{servable.name}-'
-                                    f'{servable.version}')
-    self._thread.start()
+    self.servable = servable
+    self.signature_name = signature_name
+    self.output_keys = output_keys
+    self.pending: Deque[_Task] = collections.deque()
+    self.pending_size = 0
+    self.last_active = time.monotonic()
 
-  def put(self, task: _Task, max_enqueued: int) -> bool:
-    """Enqueue `task`; False when the queue is closed or full."""
-    with self._condition:
-      if self.closed:
-        return False
-      if self._pending_size + task.size > max_enqueued:
-        raise ServingError(
-            grpc.StatusCode.UNAVAILABLE,
-            f'The batching queue of model {self._servable.name!r} is full '
-            f'({self._pending_size} examples waiting); retry later or raise '
-            'max_enqueued_batches.')
-      self._pending.append(task)
-      self._pending_size += task.size
-      self._condition.notify()
-    return True
-
-  def _take_batch(self) -> Optional[List[_Task]]:
-    """Wait for a full or timed-out batch; None when idle long enough."""
-    parameters = self._scheduler.parameters
-    timeout = parameters.batch_timeout_micros / 1e6
-    with self._condition:
-      while not self._pending:
-        if not self._condition.wait(_QUEUE_IDLE_SECONDS) and not self._pending:
-          if self._scheduler.retire_queue(self):
-            return None
-      deadline = self._pending[0].enqueued + timeout
-      while self._pending_size < parameters.max_batch_size:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-          break
-        self._condition.wait(remaining)
-      batch, size = [], 0
-      while self._pending and (
-          size + self._pending[0].size <= parameters.max_batch_size):
-        task = self._pending.pop(0)
-        batch.append(task)
-        size += task.size
-      self._pending_size -= size
-      return batch
-
-  def _loop(self) -> None:
-    while True:
-      batch = self._take_batch()
-      if batch is None:
-        return
-      self._scheduler.executor.submit(self._run_batch, batch)
-
-  def close_if_idle(self) -> bool:
-    with self._condition:
-      if self._pending:
-        return False
-      self.closed = True
-      return True
-
-  def _run_batch(self, batch: List[_Task]) -> None:
-    try:
-      inputs = concatenate_inputs([task.inputs for task in batch])
-      outputs = self._servable.run(self._signature_name, inputs,
-                                   self._output_keys)
-      self._scheduler.metrics.batch_size.observe(
-          {'model_name': self._servable.name},
-          sum(task.size for task in batch))
-      for task, task_outputs in zip(
-          batch, split_outputs(outputs, [task.size for task in batch])):
-        task.outputs = task_outputs
-    except Exception as e:  # pylint: disable=broad-except
-      # Every caller in the batch gets the error; the callers log it.
-      for task in batch:
-        task.error = e
-    finally:
-      for task in batch:
-        task.done.set()
+  def take(self, max_batch_size: int) -> List[_Task]:
+    """Remove and return the oldest requests that fit in one batch."""
+    batch, size = [], 0
+    while self.pending and size + self.pending[0].size <= max_batch_size:
+      task = self.pending.popleft()
+      batch.append(task)
+      size += task.size
+    self.pending_size -= size
+    self.last_active = time.monotonic()
+    return batch
 
 
 class BatchScheduler:
-  """Routes predict calls into per-servable batching queues."""
+  """Routes predict calls into per-servable queues run by shared threads.
+
+  As in TF Serving's shared batch scheduler, a batch closes only when a
+  batch thread is free to run it: when its queue contains `max_batch_size`
+  examples, or when its oldest request has waited `batch_timeout_micros`.
+  While every batch thread is busy, the open batch keeps taking requests,
+  so batches grow with the load instead of waiting, already closed, for a
+  thread. A free thread takes the queue whose oldest request is oldest.
+  """
 
   def __init__(self, parameters: BatchingParameters,
                metrics: Optional[ServerMetrics] = None):
     self.parameters = parameters
     self.metrics = metrics or ServerMetrics()
-    self.executor = concurrent.futures.ThreadPoolExecutor(
-        max_workers=parameters.num_batch_threads,
-        thread_name_prefix='batch-run')
-    self._lock = threading.Lock()
+    self._condition = threading.Condition()
     self._queues: Dict[Tuple, _BatchQueue] = {}
+    self._stopping = False
+    self._threads = [
+        threading.Thread(target=self._work, name=f'batch-run_{index}',
+                         daemon=True)
+        for index in range(max(1, parameters.num_batch_threads))]
+    for thread in self._threads:
+      thread.start()
 
   @staticmethod
   def _batch_size(signature, inputs: Mapping[str, np.ndarray]
@@ -298,8 +241,8 @@ class BatchScheduler:
 
     Raises:
       ServingError: INVALID_ARGUMENT when the request is bigger than
-        max_batch_size, UNAVAILABLE when the queue is full, or the
-        session's error.
+        max_batch_size, UNAVAILABLE when the queue is full or the server
+        stops, or the session's error.
     """
     signature = servable.signature(signature_name)
     size = self._batch_size(signature, inputs)
@@ -314,29 +257,96 @@ class BatchScheduler:
     key = self._queue_key(servable, signature_name, inputs, output_keys)
     max_enqueued = (self.parameters.max_enqueued_batches *
                     self.parameters.max_batch_size)
-    while True:
-      with self._lock:
-        queue = self._queues.get(key)
-        if queue is None or queue.closed:
-          queue = _BatchQueue(self, key, servable, signature_name,
-                              output_keys)
-          self._queues[key] = queue
-      # A queue that closed between lookup and put is replaced next round.
-      if queue.put(task, max_enqueued):
-        break
+    with self._condition:
+      if self._stopping:
+        raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                           'The server is stopping; retry on another '
+                           'replica.')
+      queue = self._queues.get(key)
+      if queue is None:
+        queue = _BatchQueue(key, servable, signature_name, output_keys)
+        self._queues[key] = queue
+      if queue.pending_size + size > max_enqueued:
+        raise ServingError(
+            grpc.StatusCode.UNAVAILABLE,
+            f'The batching queue of model {servable.name!r} is full '
+            f'({queue.pending_size} examples waiting); retry later or raise '
+            'max_enqueued_batches.')
+      queue.pending.append(task)
+      queue.pending_size += size
+      self._condition.notify()
     task.done.wait()
     if task.error is not None:
       raise task.error
     return task.outputs
 
-  def retire_queue(self, queue: _BatchQueue) -> bool:
-    """Drop an idle queue so that an unloaded version's queue goes away."""
-    with self._lock:
-      if not queue.close_if_idle():
-        return False
-      if self._queues.get(queue.key) is queue:
-        del self._queues[queue.key]
-      return True
+  def _next_batch(self) -> Optional[Tuple[_BatchQueue, List[_Task]]]:
+    """Wait for a batch that may close now; None once stopped and drained."""
+    parameters = self.parameters
+    timeout = parameters.batch_timeout_micros / 1e6
+    with self._condition:
+      while True:
+        now = time.monotonic()
+        ready, wait = None, _QUEUE_IDLE_SECONDS
+        for queue in self._queues.values():
+          if not queue.pending:
+            continue
+          oldest = queue.pending[0].enqueued
+          if (self._stopping or now >= oldest + timeout or
+              queue.pending_size >= parameters.max_batch_size):
+            if ready is None or oldest < ready.pending[0].enqueued:
+              ready = queue
+          else:
+            wait = min(wait, oldest + timeout - now)
+        if ready is not None:
+          batch = ready.take(parameters.max_batch_size)
+          if any(queue.pending for queue in self._queues.values()):
+            # Another thread may take what is left.
+            self._condition.notify()
+          return ready, batch
+        if self._stopping:
+          return None
+        self._retire_idle_queues(now)
+        self._condition.wait(wait)
+
+  def _retire_idle_queues(self, now: float) -> None:
+    """Drop idle queues, so an unloaded version's servable is released."""
+    idle = [key for key, queue in self._queues.items()
+            if not queue.pending and
+            now - queue.last_active > _QUEUE_IDLE_SECONDS]
+    for key in idle:
+      del self._queues[key]
+
+  def _work(self) -> None:
+    while True:
+      next_batch = self._next_batch()
+      if next_batch is None:
+        return
+      self._run_batch(*next_batch)
+
+  def _run_batch(self, queue: _BatchQueue, batch: List[_Task]) -> None:
+    try:
+      inputs = concatenate_inputs([task.inputs for task in batch])
+      outputs = queue.servable.run(queue.signature_name, inputs,
+                                   queue.output_keys)
+      self.metrics.batch_size.observe(
+          {'model_name': queue.servable.name},
+          sum(task.size for task in batch))
+      for task, task_outputs in zip(
+          batch, split_outputs(outputs, [task.size for task in batch])):
+        task.outputs = task_outputs
+    except Exception as e:  # pylint: disable=broad-except
+      # Every caller in the batch gets the error; the callers log it.
+      for task in batch:
+        task.error = e
+    finally:
+      for task in batch:
+        task.done.set()
 
   def stop(self) -> None:
-    self.executor.shutdown(wait=True)
+    """Run the requests already queued, then stop the batch threads."""
+    with self._condition:
+      self._stopping = True
+      self._condition.notify_all()
+    for thread in self._threads:
+      thread.join()

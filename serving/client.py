@@ -7,7 +7,8 @@ package:
   REST: `POST /v1/models/<name>[/versions/<v>]:predict` with the columnar
         `inputs` format; strings that are not valid UTF-8 travel as
         `{"b64": ...}`. `GET /v1/models/<name>[...]` and `.../metadata`.
-  gRPC: `PredictionService.Predict` with `tf.make_tensor_proto` tensors,
+  gRPC: `PredictionService.Predict` with TensorProtos encoded as
+        `tf.make_tensor_proto` encodes them,
         `PredictionService.GetModelMetadata`, `ModelService.GetModelStatus`.
 
 `predict` takes a dict of lists, one entry per request row, and returns a
@@ -27,14 +28,17 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # pylint: disable=wrong-import-position
 import argparse
 import base64
+import http
+import http.client
 import json
 import logging
 import random
 import sys
+import threading
 import time
-import urllib.error
-import urllib.request
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+import urllib.parse
+from typing import (Any, Callable, Dict, List, Mapping, Optional, Sequence,
+                    Tuple)
 
 import grpc
 import numpy as np
@@ -46,6 +50,8 @@ from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from serving import tensor_codec
 
 DEFAULT_GRPC_TARGET = '127.0.0.1:8500'
 DEFAULT_REST_URL = 'http://127.0.0.1:8501'
@@ -79,12 +85,16 @@ class ServingError(Exception):
     code: the canonical error code name, e.g. 'NOT_FOUND', 'UNAVAILABLE'.
     message: the server's error message, or the transport error.
     target: the server address the request went to.
+    http_status: the REST reply's HTTP status, None for gRPC and transport
+      errors.
   """
 
-  def __init__(self, code: str, message: str, target: str = ''):
+  def __init__(self, code: str, message: str, target: str = '',
+               http_status: Optional[int] = None):
     self.code = code
     self.message = message
     self.target = target
+    self.http_status = http_status
     where = f' from {target}' if target else ''
     super().__init__(f'{code}{where}: {message}')
 
@@ -453,9 +463,9 @@ class GrpcClient(_Client):
     request = predict_pb2.PredictRequest()
     self._model_spec(request.model_spec, version, signature_name)
     for name, array in arrays.items():
-      request.inputs[name].CopyFrom(tf.make_tensor_proto(array))
+      request.inputs[name].CopyFrom(tensor_codec.array_to_tensor_proto(array))
     response = self._call(self._predictions.Predict, request, 'Predict')
-    return {name: tf.make_ndarray(tensor)
+    return {name: tensor_codec.tensor_proto_to_ndarray(tensor)
             for name, tensor in response.outputs.items()}
 
 
@@ -491,12 +501,83 @@ class RestClient(_Client):
     if '://' not in base_url:
       base_url = 'http://' + base_url
     self.target = base_url.rstrip('/')
+    parsed = urllib.parse.urlsplit(self.target)
+    if parsed.scheme not in ('http', 'https') or not parsed.hostname:
+      raise ValueError(f'REST URL {base_url!r} is not http://host:port or '
+                       'https://host:port.')
+    self._connection_class = (http.client.HTTPSConnection
+                              if parsed.scheme == 'https' else
+                              http.client.HTTPConnection)
+    self._netloc = parsed.netloc
+    self._path_prefix = parsed.path
     self.timeout_s = timeout_s
     self.max_attempts = max_attempts
     self.backoff_s = backoff_s
+    # One keep-alive connection per thread: http.client connections are not
+    # thread-safe, and a new TCP connection per request costs the server a
+    # thread start and the client a handshake.
+    self._local = threading.local()
+    self._connections: List[http.client.HTTPConnection] = []
+    self._connections_lock = threading.Lock()
+    # Bumped by close(), so that a thread drops a connection made before.
+    self._generation = 0
 
   def close(self) -> None:
-    """Nothing to release: each request opens its own connection."""
+    """Close the keep-alive connections of every thread."""
+    with self._connections_lock:
+      connections, self._connections = self._connections, []
+      self._generation += 1
+    for connection in connections:
+      connection.close()
+
+  def _connection(self) -> Tuple[http.client.HTTPConnection, bool]:
+    """This thread's connection, and whether it served a request before."""
+    connection = getattr(self._local, 'connection', None)
+    if (connection is not None and
+        self._local.generation == self._generation):
+      return connection, True
+    connection = self._connection_class(self._netloc, timeout=self.timeout_s)
+    with self._connections_lock:
+      self._connections.append(connection)
+      self._local.connection = connection
+      self._local.generation = self._generation
+    return connection, False
+
+  def _drop_connection(self) -> None:
+    connection = getattr(self._local, 'connection', None)
+    self._local.connection = None
+    if connection is not None:
+      connection.close()
+      with self._connections_lock:
+        if connection in self._connections:
+          self._connections.remove(connection)
+
+  def _exchange(self, method: str, path: str, data: Optional[bytes],
+                headers: Dict[str, str]) -> Tuple[int, bytes]:
+    """Send one request on this thread's connection; return status and body.
+
+    A kept-alive connection that the server closed after its last request
+    fails on first use, so the request is sent once more on a new one.
+    """
+    while True:
+      connection, reused = self._connection()
+      try:
+        connection.request(method, path, body=data, headers=headers)
+        reply = connection.getresponse()
+        body = reply.read()
+      except (http.client.RemoteDisconnected, BrokenPipeError,
+              ConnectionResetError) as e:
+        self._drop_connection()
+        if reused:
+          continue
+        raise ConnectionError(f'the server closed the connection: {e}') \
+            from e
+      except (OSError, http.client.HTTPException):
+        self._drop_connection()
+        raise
+      if reply.will_close:
+        self._drop_connection()
+      return reply.status, body
 
   def __enter__(self):
     return self
@@ -513,32 +594,32 @@ class RestClient(_Client):
   def _request(self, url: str, body: Optional[dict] = None) -> Any:
     data = None if body is None else json.dumps(body).encode('utf-8')
     headers = {'Content-Type': 'application/json'} if data else {}
+    method = 'POST' if data else 'GET'
+    path = self._path_prefix + url[len(self.target):]
 
     def send():
-      request = urllib.request.Request(url, data=data, headers=headers,
-                                       method='POST' if data else 'GET')
-      with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
-        return json.loads(reply.read().decode('utf-8'))
+      status, reply = self._exchange(method, path, data, headers)
+      if status // 100 != 2:
+        raise _http_error(status, reply, self.target)
+      return json.loads(reply.decode('utf-8'))
 
     def retryable(error: Exception) -> bool:
-      if isinstance(error, urllib.error.HTTPError):
-        return error.code == 503
-      return isinstance(error, (urllib.error.URLError, ConnectionError))
+      if isinstance(error, ServingError):
+        return error.http_status == 503
+      return isinstance(error, ConnectionError)
 
     try:
       return _with_retries(send, retryable, self.max_attempts,
-                           self.backoff_s, f'{"POST" if data else "GET"} '
-                           f'{url}')
-    except urllib.error.HTTPError as e:
-      raise _http_error(e, self.target) from e
-    except urllib.error.URLError as e:
-      raise ServingError('UNAVAILABLE', f'Cannot reach {url}: {e.reason}. '
-                         'Check that the server runs and the port is its '
-                         'REST port.', self.target) from e
-    except (ConnectionError, TimeoutError) as e:
-      code = 'DEADLINE_EXCEEDED' if isinstance(e, TimeoutError) \
-          else 'UNAVAILABLE'
-      raise ServingError(code, f'{url}: {e}', self.target) from e
+                           self.backoff_s, f'{method} {url}')
+    except TimeoutError as e:
+      raise ServingError('DEADLINE_EXCEEDED', f'{url}: no reply within '
+                         f'{self.timeout_s} s ({e}).', self.target) from e
+    except ConnectionError as e:
+      raise ServingError('UNAVAILABLE', f'Cannot reach {url}: {e}. Check '
+                         'that the server runs and the port is its REST '
+                         'port.', self.target) from e
+    except (OSError, http.client.HTTPException) as e:
+      raise ServingError('UNAVAILABLE', f'{url}: {e}', self.target) from e
 
   def metadata(self, version: Optional[int] = None) -> Dict[str, Any]:
     """GET .../metadata: the model spec and its signature defs."""
@@ -589,15 +670,15 @@ def _output_array(value: Any, dtype: Optional[tf.DType]) -> np.ndarray:
   return np.asarray(value)
 
 
-def _http_error(error: urllib.error.HTTPError, target: str) -> ServingError:
+def _http_error(status: int, reply: bytes, target: str) -> ServingError:
   """Build a ServingError from TF Serving's `{"error": "..."}` reply."""
-  body = error.read().decode('utf-8', errors='replace')
+  body = reply.decode('utf-8', errors='replace')
   try:
     message = json.loads(body).get('error', body)
   except (ValueError, AttributeError):
-    message = body or error.reason
-  code = _HTTP_TO_CODE.get(error.code, f'HTTP_{error.code}')
-  return ServingError(code, message, target)
+    message = body or http.HTTPStatus(status).phrase
+  code = _HTTP_TO_CODE.get(status, f'HTTP_{status}')
+  return ServingError(code, message, target, http_status=status)
 
 
 def make_client(grpc_target: Optional[str] = None,

@@ -12,7 +12,6 @@ import time
 from typing import Optional, Tuple
 
 import grpc
-import tensorflow as tf
 from google.protobuf import wrappers_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
@@ -146,8 +145,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
           name=spec.name, signature_name=signature_name,
           version=wrappers_pb2.Int64Value(value=servable.version)))
       for key, value in outputs.items():
-        response.outputs[key].CopyFrom(tf.make_tensor_proto(
-            value, dtype=signature.outputs[key].dtype))
+        response.outputs[key].CopyFrom(
+            tensor_codec.array_to_tensor_proto(value))
     return response
 
   def GetModelMetadata(self, request, context):

@@ -145,6 +145,10 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
 
   protocol_version = 'HTTP/1.1'
   server_version = 'mtlrec-model-server'
+  # A reply is written as headers, then body. With Nagle's algorithm on, the
+  # body of a reply on a kept-alive connection waits for the client's
+  # delayed ACK of the headers, up to about 40 ms on Linux.
+  disable_nagle_algorithm = True
 
   # Routing ------------------------------------------------------------------
 

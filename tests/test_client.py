@@ -299,6 +299,88 @@ def test_rest_closed_port_unavailable():
   assert error.value.code == 'UNAVAILABLE'
 
 
+class _KeepAliveHandler(http.server.BaseHTTPRequestHandler):
+  """HTTP/1.1 stub that counts connections and may drop each after a reply.
+
+  With `drop_after_reply`, it closes the connection after every reply
+  without saying so, as a server whose keep-alive timeout has passed does.
+  """
+  protocol_version = 'HTTP/1.1'
+  connections = 0
+  drop_after_reply = False
+
+  def setup(self):
+    type(self).connections += 1
+    super().setup()
+
+  def do_GET(self):  # pylint: disable=invalid-name
+    data = json.dumps({'model_version_status': [
+        {'version': '7', 'state': 'AVAILABLE',
+         'status': {'error_code': 'OK', 'error_message': ''}}]}).encode()
+    self.send_response(200)
+    self.send_header('Content-Type', 'application/json')
+    self.send_header('Content-Length', str(len(data)))
+    self.end_headers()
+    self.wfile.write(data)
+    self.wfile.flush()
+    if type(self).drop_after_reply:
+      self.close_connection = True
+
+  def log_message(self, *args):
+    pass
+
+
+@pytest.fixture(params=[False, True], ids=['kept', 'dropped'])
+def keep_alive_server(request):
+  _KeepAliveHandler.connections = 0
+  _KeepAliveHandler.drop_after_reply = request.param
+  stub = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _KeepAliveHandler)
+  thread = threading.Thread(target=stub.serve_forever, daemon=True)
+  thread.start()
+  yield f'http://127.0.0.1:{stub.server_address[1]}', request.param
+  stub.shutdown()
+  stub.server_close()
+
+
+def test_rest_connection_reuse_and_drop(keep_alive_server):
+  url, dropped = keep_alive_server
+  rest = RestClient(url, 'm', max_attempts=1)
+
+  versions = [rest.model_status()[0]['version'] for _ in range(5)]
+  rest.close()
+
+  assert versions == [7] * 5
+  # One connection for all five requests, or a new one after each drop;
+  # max_attempts=1 shows that a dropped connection costs no attempt.
+  assert _KeepAliveHandler.connections == (5 if dropped else 1)
+
+
+def test_rest_connection_per_thread(server):
+  rest = RestClient(server[1], MODEL)
+  connections = []
+
+  def predict_twice():
+    for _ in range(2):
+      rest.predict({name: values[:1] for name, values in ROWS.items()})
+    connections.append(rest._local.connection)  # pylint: disable=protected-access
+
+  threads = [threading.Thread(target=predict_twice) for _ in range(3)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  rest.close()
+
+  assert len(connections) == 3
+  assert len({id(connection) for connection in connections}) == 3
+  assert all(connection.sock is None for connection in connections)
+  # A closed client opens a new connection on its next request.
+  outputs = rest.predict({name: values[:1] for name, values in ROWS.items()})
+  assert rest._local.connection not in connections  # pylint: disable=protected-access
+  assert all(len(value) == 1 for value in outputs.values())
+  rest.close()
+
+
 def test_grpc_closed_port_retries(caplog):
   target = f'127.0.0.1:{_free_port()}'
 

@@ -33,6 +33,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import json_format
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
@@ -418,6 +420,46 @@ def test_invalid_utf8_output_is_b64():
 
 
 # Status and metadata ----------------------------------------------------------
+
+
+@pytest.mark.parametrize('array', [
+    np.array([[0.1, 0.2, 0.7], [1.0, 0.0, 0.0]], dtype=np.float32),
+    np.array([2.5], dtype=np.float64),
+    np.array([3, -1, 7], dtype=np.int32),
+    np.array([[2**40, -5]], dtype=np.int64),
+    np.array([[b'positive', b'\xff\xfe'], [b'', b'neutral']], dtype=object),
+    np.array([], dtype=np.float32),
+    np.zeros((0, 3), dtype=object),
+    np.array(1.5, dtype=np.float32),
+    np.array([True, False]),
+    np.array([0.5], dtype=np.float16),
+], ids=['float32', 'float64', 'int32', 'int64', 'bytes', 'empty-float',
+        'empty-bytes', 'scalar', 'bool', 'float16'])
+def test_tensor_proto_codec_matches_tensorflow(array):
+  expected = tf.make_tensor_proto(array)
+
+  encoded = tensor_codec.array_to_tensor_proto(array)
+  decoded = tensor_codec.tensor_proto_to_ndarray(expected)
+
+  assert encoded.SerializeToString() == expected.SerializeToString()
+  reference = tf.make_ndarray(expected)
+  assert decoded.dtype == reference.dtype
+  assert decoded.shape == reference.shape
+  assert decoded.tolist() == reference.tolist()
+
+
+def test_tensor_proto_decoding_of_value_fields():
+  # Protos written with repeated value fields, as other clients write them,
+  # and a single string that fills the whole shape.
+  floats = tf.make_tensor_proto([0.25, 0.5], dtype=tf.float32)
+  floats.ClearField('tensor_content')
+  floats.float_val.extend([0.25, 0.5])
+  filled = tf.make_tensor_proto([b'x'], dtype=tf.string)
+  filled.tensor_shape.dim[0].size = 3
+
+  assert tensor_codec.tensor_proto_to_ndarray(floats).tolist() == [0.25, 0.5]
+  assert tensor_codec.tensor_proto_to_ndarray(filled).tolist() == [
+      b'x', b'x', b'x']
 
 
 def test_rest_status_json(server):
@@ -826,6 +868,90 @@ def test_batching_matches_unbatched(in_process_server, reference, tmp_path):
   _assert_outputs_equal(_rest_rows_to_arrays(body['predictions'], expected),
                         expected)
   client.channel.close()
+
+
+class _BlockingServable:
+  """A servable whose first run waits for `release`; it records batch sizes.
+
+  It replaces a model so that the test controls when the only batch
+  thread is busy, which a real model's run time cannot do.
+  """
+  name = 'blocking'
+
+  def __init__(self):
+    self.release = threading.Event()
+    self.started = threading.Event()
+    self.batch_sizes: List[int] = []
+    self._signature = meta_graph_pb2.SignatureDef()
+    for key in ('x', 'y'):
+      tensor = (self._signature.inputs if key == 'x' else
+                self._signature.outputs)[key]
+      tensor.dtype = types_pb2.DT_FLOAT
+      tensor.tensor_shape.dim.add().size = -1
+
+  def signature(self, name):
+    del name
+    return self._signature
+
+  def run(self, signature_name, inputs, output_keys=None):
+    del signature_name, output_keys
+    self.batch_sizes.append(len(inputs['x']))
+    self.started.set()
+    self.release.wait(timeout=30)
+    return {'y': inputs['x'] * 2}
+
+
+def test_batch_grows_while_thread_busy():
+  parameters = batching.BatchingParameters(
+      max_batch_size=8, batch_timeout_micros=0, max_enqueued_batches=4,
+      num_batch_threads=1)
+  scheduler = batching.BatchScheduler(parameters)
+  servable = _BlockingServable()
+
+  def predict(value: float) -> np.ndarray:
+    inputs = {'x': np.array([value], dtype=np.float32)}
+    return scheduler.run(servable, 'serving_default', inputs)['y']
+
+  with concurrent.futures.ThreadPoolExecutor(6) as pool:
+    first = pool.submit(predict, 0.0)
+    assert servable.started.wait(timeout=30)
+    rest = [pool.submit(predict, float(value)) for value in range(1, 6)]
+    # The five requests queue while the only batch thread runs the first.
+    deadline = time.monotonic() + 30
+    while (sum(task.size for queue in scheduler._queues.values()  # pylint: disable=protected-access
+               for task in queue.pending) < 5 and
+           time.monotonic() < deadline):
+      time.sleep(0.01)
+    servable.release.set()
+    results = [first.result(timeout=30)] + [
+        future.result(timeout=30) for future in rest]
+  scheduler.stop()
+
+  assert servable.batch_sizes == [1, 5]
+  assert [result.tolist() for result in results] == [
+      [2.0 * value] for value in range(6)]
+
+
+def test_scheduler_stop_runs_queued():
+  parameters = batching.BatchingParameters(
+      max_batch_size=8, batch_timeout_micros=60_000_000,
+      max_enqueued_batches=4, num_batch_threads=1)
+  scheduler = batching.BatchScheduler(parameters)
+  servable = _BlockingServable()
+  servable.release.set()
+
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    future = pool.submit(scheduler.run, servable, 'serving_default',
+                         {'x': np.array([1.5, 2.5], dtype=np.float32)})
+    deadline = time.monotonic() + 30
+    while not scheduler._queues and time.monotonic() < deadline:  # pylint: disable=protected-access
+      time.sleep(0.01)
+    # The batch would wait a minute for more requests; stopping runs it now.
+    scheduler.stop()
+    assert future.result(timeout=30)['y'].tolist() == [3.0, 5.0]
+  with pytest.raises(tensor_codec.ServingError, match='stopping'):
+    scheduler.run(servable, 'serving_default',
+                  {'x': np.array([1.0], dtype=np.float32)})
 
 
 def test_batch_padding_and_split():
