@@ -14,6 +14,7 @@ import collections
 import dataclasses
 import logging
 import os
+import re
 import threading
 import time
 from typing import Deque, Dict, List, Mapping, Optional, Tuple
@@ -49,7 +50,8 @@ def _batching_parameters_class():
   tensorflow-serving-api 2.19 ships no `session_bundle_config_pb2`, so the
   fields this server reads are declared with TF Serving's names and types
   (`google.protobuf.Int64Value` wrappers, written `{ value: N }`). Other
-  fields of a TF Serving batching file are skipped with a warning.
+  fields of a TF Serving batching file are ignored, and
+  `load_batching_parameters` logs a warning for each.
   """
   try:
     # pylint: disable=g-import-not-at-top
@@ -79,6 +81,18 @@ def _batching_parameters_class():
       pool.FindMessageTypeByName('mtlrec.serving.BatchingParameters'))
 
 
+def _top_level_fields(text: str) -> set:
+  """Return the field names set at the top level of a text proto."""
+  names, depth = set(), 0
+  for line in text.splitlines():
+    line = line.split('#', 1)[0]
+    match = re.match(r'\s*([A-Za-z_]\w*)\s*[:{]', line)
+    if match and depth == 0:
+      names.add(match.group(1))
+    depth += line.count('{') - line.count('}')
+  return names
+
+
 def load_batching_parameters(path: Optional[str]) -> BatchingParameters:
   """Read `--batching_parameters_file`; TF Serving's defaults without one.
 
@@ -90,6 +104,11 @@ def load_batching_parameters(path: Optional[str]) -> BatchingParameters:
   with open(path, encoding='utf-8') as f:
     text = f.read()
   proto = _batching_parameters_class()()
+  used = sorted(field.name for field in dataclasses.fields(BatchingParameters))
+  for name in sorted(_top_level_fields(text) - set(used)):
+    logging.warning('Batching parameter %r in %s is ignored: this server '
+                    'reads only %s. Check the spelling if you meant one of '
+                    'them.', name, path, used)
   try:
     text_format.Parse(text, proto, allow_unknown_field=True)
   except text_format.ParseError as e:

@@ -351,6 +351,11 @@ class _Client:
           self.target)
     arrays = {}
     for name, values in features.items():
+      if isinstance(values, (str, bytes)):
+        raise ServingError(
+            'INVALID_ARGUMENT', f'Feature {name!r} is the string '
+            f'{values[:40]!r}, not a list with one value per row; pass '
+            f'[{values[:40]!r}] for one row.', self.target)
       try:
         arrays[name] = to_numpy(values, dtypes[name])
       except (TypeError, ValueError) as e:
@@ -383,20 +388,36 @@ class GrpcClient(_Client):
                max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                backoff_s: float = DEFAULT_BACKOFF_S):
     super().__init__(model_name)
+    if '://' in target:
+      raise ValueError(f'Invalid gRPC target {target!r}: use host:port, '
+                       'without a scheme.')
     self.target = target
     self.timeout_s = timeout_s
     self.max_attempts = max_attempts
     self.backoff_s = backoff_s
-    self._channel = grpc.insecure_channel(target, options=[
+    self._lock = threading.Lock()
+    self._open()
+
+  def _open(self) -> None:
+    self._channel = grpc.insecure_channel(self.target, options=[
         ('grpc.max_receive_message_length', MAX_MESSAGE_BYTES),
         ('grpc.max_send_message_length', MAX_MESSAGE_BYTES),
     ])
     self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(
         self._channel)
     self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+    self._closed = False
 
   def close(self) -> None:
-    self._channel.close()
+    """Close the channel; the next call opens a new one."""
+    with self._lock:
+      self._closed = True
+      self._channel.close()
+
+  def _reopen_if_closed(self) -> None:
+    with self._lock:
+      if self._closed:
+        self._open()
 
   def __enter__(self):
     return self
@@ -404,7 +425,10 @@ class GrpcClient(_Client):
   def __exit__(self, *exc):
     self.close()
 
-  def _call(self, method, request, operation: str):
+  def _call(self, service: str, request, operation: str):
+    """Call `operation` of the stub named `service`, with retries."""
+    self._reopen_if_closed()
+    method = getattr(getattr(self, service), operation)
 
     def retryable(error: Exception) -> bool:
       return (isinstance(error, grpc.RpcError) and
@@ -430,7 +454,7 @@ class GrpcClient(_Client):
     request = get_model_metadata_pb2.GetModelMetadataRequest(
         metadata_field=['signature_def'])
     self._model_spec(request.model_spec, version)
-    response = self._call(self._predictions.GetModelMetadata, request,
+    response = self._call('_predictions', request,
                           'GetModelMetadata')
     signatures = get_model_metadata_pb2.SignatureDefMap()
     response.metadata['signature_def'].Unpack(signatures)
@@ -446,7 +470,7 @@ class GrpcClient(_Client):
     """GetModelStatus: one dict per version (version, state, status)."""
     request = get_model_status_pb2.GetModelStatusRequest()
     self._model_spec(request.model_spec, version)
-    response = self._call(self._models.GetModelStatus, request,
+    response = self._call('_models', request,
                           'GetModelStatus')
     return [_status_dict(status) for status in response.model_version_status]
 
@@ -464,7 +488,7 @@ class GrpcClient(_Client):
     self._model_spec(request.model_spec, version, signature_name)
     for name, array in arrays.items():
       request.inputs[name].CopyFrom(tensor_codec.array_to_tensor_proto(array))
-    response = self._call(self._predictions.Predict, request, 'Predict')
+    response = self._call('_predictions', request, 'Predict')
     return {name: tensor_codec.tensor_proto_to_ndarray(tensor)
             for name, tensor in response.outputs.items()}
 
@@ -503,8 +527,8 @@ class RestClient(_Client):
     self.target = base_url.rstrip('/')
     parsed = urllib.parse.urlsplit(self.target)
     if parsed.scheme not in ('http', 'https') or not parsed.hostname:
-      raise ValueError(f'REST URL {base_url!r} is not http://host:port or '
-                       'https://host:port.')
+      raise ValueError(f'Invalid REST URL {base_url!r}: use host:port, '
+                       'http://host:port or https://host:port.')
     self._connection_class = (http.client.HTTPSConnection
                               if parsed.scheme == 'https' else
                               http.client.HTTPConnection)
@@ -857,8 +881,12 @@ def main(argv: Optional[List[str]] = None) -> int:
   logging.basicConfig(level=logging.WARNING,
                       format='%(levelname)s %(message)s')
   args = _parse_args(argv)
-  client = make_client(args.grpc, args.rest, args.model,
-                       timeout_s=args.timeout)
+  try:
+    client = make_client(args.grpc, args.rest, args.model,
+                         timeout_s=args.timeout)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   try:
     if args.command == 'status':
       print(json.dumps(client.model_status(args.version), indent=2))

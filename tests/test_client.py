@@ -213,6 +213,38 @@ def test_cli_status_unknown_model(server, capsys):
   assert 'NOT_FOUND' in capsys.readouterr().err
 
 
+def test_string_feature_invalid_argument(client):
+  with pytest.raises(ServingError) as error:
+    client.predict({'text': 'Bad', 'summary': ['Meh'], 'product_id': ['B0']})
+
+  assert error.value.code == 'INVALID_ARGUMENT'
+  assert "Feature 'text' is the string 'Bad'" in error.value.message
+
+
+def test_grpc_client_reopens_after_close(server, expected):
+  grpc_client = GrpcClient(server[0], MODEL)
+  first = grpc_client.predict(ROWS)
+  grpc_client.close()
+
+  second = grpc_client.predict(ROWS)
+  grpc_client.close()
+
+  for name, value in expected.items():
+    assert np.array_equal(first[name], value), name
+    assert np.array_equal(second[name], value), name
+
+
+@pytest.mark.parametrize('flag,address,text', [
+    ('--rest', 'ftp://127.0.0.1:1', "Invalid REST URL 'ftp://127.0.0.1:1'"),
+    ('--grpc', 'http://127.0.0.1:1', "Invalid gRPC target 'http://127.0.0.1:1'"),
+])
+def test_cli_invalid_address(capsys, flag, address, text):
+  status = serving_client.main(['status', '--model', MODEL, flag, address])
+
+  assert status == 2
+  assert text in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------
 # Retries and error decoding, against a stub server and a closed port.
 # ---------------------------------------------------------------------------

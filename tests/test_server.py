@@ -19,6 +19,7 @@ import concurrent.futures
 import dataclasses
 import http.client
 import json
+import logging
 import shutil
 import signal
 import socket
@@ -952,6 +953,23 @@ def test_scheduler_stop_runs_queued():
   with pytest.raises(tensor_codec.ServingError, match='stopping'):
     scheduler.run(servable, 'serving_default',
                   {'x': np.array([1.0], dtype=np.float32)})
+
+
+def test_batching_file_warns_on_unused_fields(tmp_path, caplog):
+  path = tmp_path / 'batching.config'
+  path.write_text('max_batch_size { value: 8 }\n'
+                  '# batch_timeout_micros { value: 5 }\n'
+                  'batch_timeout_micro { value: 1000 }\n'
+                  'allowed_batch_sizes: 8\n')
+
+  with caplog.at_level(logging.WARNING):
+    parameters = batching.load_batching_parameters(str(path))
+
+  assert parameters.max_batch_size == 8
+  assert parameters.batch_timeout_micros == 0
+  warned = sorted(record.args[0] for record in caplog.records
+                  if 'is ignored' in record.getMessage())
+  assert warned == ['allowed_batch_sizes', 'batch_timeout_micro']
 
 
 def test_batch_padding_and_split():
