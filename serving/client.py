@@ -78,6 +78,9 @@ _HTTP_TO_CODE = {
 }
 
 
+_LOGGER = logging.getLogger(__name__)
+
+
 class ServingError(Exception):
   """A request the model server rejected or could not serve.
 
@@ -204,6 +207,13 @@ def _backoff_delays(max_attempts: int, base_s: float):
     yield random.uniform(0, min(MAX_BACKOFF_S, base_s * 2**attempt))
 
 
+def _describe_error(error: Exception) -> str:
+  """Return one line for a transport error; gRPC's own str() spans many."""
+  if isinstance(error, grpc.RpcError) and hasattr(error, 'code'):
+    return f'{error.code().name}: {error.details()}'
+  return str(error)
+
+
 def _with_retries(call: Callable[[], Any], retryable: Callable[[Exception],
                                                                 bool],
                   max_attempts: int, backoff_s: float, operation: str) -> Any:
@@ -218,8 +228,9 @@ def _with_retries(call: Callable[[], Any], retryable: Callable[[Exception],
       delay = next(delays, None)
       if delay is None:
         raise
-      logging.warning('%s failed (attempt %d of %d): %s. Retrying in '
-                      '%.2f s.', operation, attempt, max_attempts, e, delay)
+      _LOGGER.warning('%s failed (attempt %d of %d): %s. Retrying in '
+                      '%.2f s.', operation, attempt, max_attempts,
+                      _describe_error(e), delay)
       attempt += 1
       time.sleep(delay)
 
@@ -326,7 +337,9 @@ class _Client:
     if signature_name not in signatures:
       raise ServingError(
           'NOT_FOUND', f'Model {self.model_name} has no signature '
-          f'{signature_name!r}; it has {sorted(signatures)}.', self.target)
+          f'{signature_name!r}; it has '
+          f'{sorted(s for s in signatures if not s.startswith("__"))}.',
+          self.target)
     return signatures[signature_name]
 
   def input_dtypes(self, signature_name: str = DEFAULT_SIGNATURE,
@@ -641,6 +654,11 @@ class RestClient(_Client):
     except ConnectionError as e:
       raise ServingError('UNAVAILABLE', f'Cannot reach {url}: {e}. Check '
                          'that the server runs and the port is its REST '
+                         'port.', self.target) from e
+    except http.client.BadStatusLine as e:
+      raise ServingError('UNAVAILABLE', f'{url}: the reply starts with '
+                         f'{str(e)[:20]!r}, which is not HTTP/1.x. Check '
+                         'that the port is the REST port, not the gRPC '
                          'port.', self.target) from e
     except (OSError, http.client.HTTPException) as e:
       raise ServingError('UNAVAILABLE', f'{url}: {e}', self.target) from e

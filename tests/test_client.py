@@ -162,6 +162,8 @@ def test_unknown_signature_not_found(client):
 
   assert error.value.code == 'NOT_FOUND'
   assert "'nope'" in error.value.message
+  assert "'serving_default'" in error.value.message
+  assert '__saved_model_init_op' not in error.value.message
 
 
 def test_unknown_feature_invalid_argument(client):
@@ -411,6 +413,17 @@ def test_rest_connection_per_thread(server):
   assert rest._local.connection not in connections  # pylint: disable=protected-access
   assert all(len(value) == 1 for value in outputs.values())
   rest.close()
+
+
+def test_rest_on_grpc_port_error(server):
+  rest = RestClient(f'http://{server[0]}', MODEL, max_attempts=1)
+
+  with pytest.raises(ServingError) as error:
+    rest.model_status()
+
+  assert error.value.code == 'UNAVAILABLE'
+  assert 'not the gRPC port' in error.value.message
+  assert '\x00' not in error.value.message
 
 
 def test_grpc_closed_port_retries(caplog):
