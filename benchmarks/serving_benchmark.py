@@ -406,8 +406,8 @@ def measure_in_process(version_dir: str, requests_by_size, args) -> List[Row]:
   """Time the signature called in this process, the baseline.
 
   A last cell sends CEILING_BATCH_SIZE reviews per call from one thread, the
-  largest batch; with the 16-thread cells it bounds the reviews per second
-  the model itself gives on this machine.
+  largest batch. With the 16-thread cells, it shows the maximum reviews per
+  second that the model itself gives on this machine.
   """
   make_caller = in_process_caller(version_dir)
   rows = []
@@ -513,14 +513,14 @@ def format_results(rows: Sequence[Row]) -> List[str]:
   for row in rows:
     result = row.result
     capped = ' (time cap)' if result.capped else ''
-    each = ', '.join(f'{value:.0f}' for value in row.throughputs)
+    run_throughputs = ', '.join(f'{value:.0f}' for value in row.throughputs)
     lines.append(
         f'| {row.batching} | {row.protocol} | {row.batch_size} | '
         f'{row.clients} | {result.completed}{capped} | '
         f'{result.percentile_ms(50):.2f} | {result.percentile_ms(99):.2f} | '
         f'{result.throughput:.1f} | '
         f'{result.throughput * row.batch_size:.0f} | {result.errors} | '
-        f'{each} |')
+        f'{run_throughputs} |')
   return lines
 
 

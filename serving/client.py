@@ -895,6 +895,17 @@ def _parse_args(argv: Optional[List[str]]):
   return parser.parse_args(argv)
 
 
+def _print_outputs(outputs: Mapping[str, np.ndarray], as_json: bool,
+                   formatter: Callable[[Mapping[str, np.ndarray]], str]
+                   ) -> None:
+  """Print the raw outputs as JSON, or the text that `formatter` makes."""
+  if as_json:
+    print(json.dumps({name: _json_value(np.asarray(value))
+                      for name, value in outputs.items()}, indent=2))
+  else:
+    print(formatter(outputs))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
   logging.basicConfig(level=logging.WARNING,
                       format='%(levelname)s %(message)s')
@@ -916,19 +927,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                if name not in ('k', 'exclude')}
       outputs = client.recommend(query, args.k, [args.exclude.split()],
                                  args.version)
-      if args.json:
-        print(json.dumps({name: _json_value(np.asarray(value))
-                          for name, value in outputs.items()}, indent=2))
-      else:
-        print(format_recommendations(outputs))
+      _print_outputs(outputs, args.json, format_recommendations)
     else:
       outputs = client.predict(_cli_features(args, client), args.signature,
                                args.version)
-      if args.json:
-        print(json.dumps({name: _json_value(np.asarray(value))
-                          for name, value in outputs.items()}, indent=2))
-      else:
-        print(format_predictions(outputs))
+      _print_outputs(outputs, args.json, format_predictions)
   except ServingError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

@@ -61,7 +61,7 @@ class SavedModelSession:
 
   def _callable(self, signature_name: str, names: Tuple[str, ...],
                 keys: Tuple[str, ...]) -> Callable:
-    """The session callable that feeds `names` and fetches `keys`, cached.
+    """Return the cached session callable that feeds `names`, fetches `keys`.
 
     `Session.run` with a feed dict resolves every tensor name and builds its
     fetch handlers on each call. A callable does that once, which saves
