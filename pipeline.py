@@ -273,6 +273,8 @@ def _task_summary(config: PipelineConfig, metrics: Dict[str, dict]):
         'baseline': result['baseline'],
         'served': result['served'],
     }
+    if result.get('difference'):
+      tasks[task.name]['difference'] = result['difference']
   return tasks
 
 
@@ -298,6 +300,17 @@ def format_summary(summary: Dict[str, Any]) -> str:
     lines.append('(* main metric; baseline: the majority class, the train '
                  'mean for rmse, train-split popularity for clicks and '
                  'retrieval, train prevalence for multi-label)')
+    for task, result in summary['tasks'].items():
+      differences = result.get('difference')
+      if not differences:
+        continue
+      units = next(iter(differences.values()))['units']
+      lines.append(f'{task}: model minus baseline over {units} impressions, '
+                   f'{evaluator.BOOTSTRAP_CONFIDENCE:.0%} bootstrap interval:')
+      for name, interval in differences.items():
+        lines.append(f'  {name:<10} {interval["difference"]:+.4f} '
+                     f'({interval["lower"]:+.4f} to '
+                     f'{interval["upper"]:+.4f})')
   push = summary.get('push')
   if push:
     lines.append('')

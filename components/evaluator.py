@@ -34,6 +34,10 @@ NOT_BLESSED_FILE = 'NOT_BLESSED'
 # Prior weight, in impressions, of the global click-through rate that
 # smooths each item's rate in the popularity baseline.
 POPULARITY_PRIOR_IMPRESSIONS = 10.0
+# Paired bootstrap over eval impressions for the ranking metrics' difference
+# between the candidate and the popularity baseline.
+BOOTSTRAP_REPLICATES = 1000
+BOOTSTRAP_CONFIDENCE = 0.95
 
 
 class EvaluatorResult(NamedTuple):
@@ -295,18 +299,49 @@ def _model_task_metrics(task: TaskConfig, data: _EvalData, mask: np.ndarray,
   labels = np.array([v.decode('utf-8') for v in
                      outputs[features.label_output(task.name)]], dtype=object)
   probabilities = outputs[features.probabilities_output(task.name)]
-  positive_scores = None
-  if task.type == 'binary':
-    index = list(task.classes).index(task.positive_class)
-    positive_scores = probabilities[:, index]
-    if ranked_scores is not None:
-      positive_scores = ranked_scores
-  result = _task_metrics(task, data, mask, labels, positive_scores)
+  result = _task_metrics(task, data, mask, labels,
+                         _positive_scores(task, outputs, ranked_scores))
   class_values = numeric_class_values(task)
   if task.type == 'multiclass' and class_values:
     result['rmse'] = metric_lib.expected_value_rmse(
         _true_values(task, data, mask), probabilities[mask], class_values)
   return result
+
+
+def _positive_scores(task: TaskConfig, outputs: Dict[str, np.ndarray],
+                     ranked_scores: Optional[np.ndarray] = None
+                     ) -> Optional[np.ndarray]:
+  """Return the positive score per example: `rank` scores, else P(positive)."""
+  if task.type != 'binary':
+    return None
+  if ranked_scores is not None:
+    return ranked_scores
+  index = list(task.classes).index(task.positive_class)
+  return outputs[features.probabilities_output(task.name)][:, index]
+
+
+def _impression_differences(task: TaskConfig, data: _EvalData,
+                            mask: np.ndarray, candidate_scores: np.ndarray,
+                            baseline_scores: np.ndarray
+                            ) -> Dict[str, Dict[str, float]]:
+  """Candidate minus baseline per ranking metric, with a 95% interval.
+
+  The interval is a paired bootstrap over the eval impressions, so it shows
+  whether the impressions measured can tell the two scorers apart.
+  """
+  groups = np.array(data.values[task.group_key], dtype=object)[mask]
+  labels = (np.array(data.values[task.label], dtype=object)[mask] ==
+            task.positive_class).astype(np.int64)
+  _, candidate = metric_lib.per_impression_metrics(
+      groups, labels, candidate_scores[mask])
+  _, baseline = metric_lib.per_impression_metrics(
+      groups, labels, baseline_scores[mask])
+  return {
+      name: metric_lib.paired_bootstrap_interval(
+          candidate[name], baseline[name],
+          replicates=BOOTSTRAP_REPLICATES, confidence=BOOTSTRAP_CONFIDENCE)
+      for name in metric_lib.IMPRESSION_METRICS
+  }
 
 
 def _baseline_metrics(task: TaskConfig, train: _EvalData, data: _EvalData,
@@ -395,8 +430,13 @@ def _bless(config: PipelineConfig, task_results: Dict[str, dict],
     value = result['candidate'].get(name, float('nan'))
     baseline = result['baseline'].get(name, float('nan'))
     if not value > baseline:
-      reasons.append(f'{task.name}: {name} {value:.4f} does not beat the '
-                     f'baseline {baseline:.4f}.')
+      reason = (f'{task.name}: {name} {value:.4f} does not beat the '
+                f'baseline {baseline:.4f}')
+      interval = (result.get('difference') or {}).get(name)
+      if interval:
+        reason += (f' (difference {_format_interval(interval)} over '
+                   f'{interval["units"]} impressions)')
+      reasons.append(reason + '.')
     served = (result.get('served') or {}).get(name)
     if served is not None and not np.isnan(served) and (
         np.isnan(value) or value < served - tolerance):
@@ -422,8 +462,27 @@ def _write_report(path: str, config: PipelineConfig, summary: dict) -> None:
       lines.append(f'| {task.name} | {name}{marker} | {value:.4f} | '
                    f'{result["baseline"].get(name, float("nan")):.4f} | '
                    f'{"" if served is None else f"{served:.4f}"} |')
+  differences = [(task.name, name, interval) for task in config.tasks
+                 for name, interval in (summary['tasks'][task.name].get(
+                     'difference') or {}).items()]
+  if differences:
+    lines += ['', 'Candidate minus baseline per impression, with a '
+              f'{BOOTSTRAP_CONFIDENCE:.0%} paired bootstrap interval over '
+              'the eval impressions. An interval that spans 0 means these '
+              'impressions cannot tell the two apart.', '',
+              f'| task | metric | difference | {BOOTSTRAP_CONFIDENCE:.0%} '
+              'interval | impressions |', '|---|---|---|---|---|']
+    for task_name, name, interval in differences:
+      lines.append(f'| {task_name} | {name} | {interval["difference"]:+.4f} '
+                   f'| {interval["lower"]:+.4f} to {interval["upper"]:+.4f} '
+                   f'| {interval["units"]} |')
   with open(path, 'w', encoding='utf-8') as f:
     f.write('\n'.join(lines) + '\n')
+
+
+def _format_interval(interval: Dict[str, float]) -> str:
+  return (f'{interval["difference"]:+.4f}, {BOOTSTRAP_CONFIDENCE:.0%} '
+          f'interval {interval["lower"]:+.4f} to {interval["upper"]:+.4f}')
 
 
 def run_evaluator(config: PipelineConfig, examples_dir: str, model_dir: str,
@@ -465,14 +524,13 @@ def run_evaluator(config: PipelineConfig, examples_dir: str, model_dir: str,
     mask = _labelled(task, eval_data)
     if task.type == 'retrieval':
       candidate_metrics = _retrieval_metrics(task, model_dir, eval_data, mask)
-    elif _ranks_through_signature(config, task):
-      candidate_metrics = _model_task_metrics(
-          task, eval_data, mask, candidate,
-          rank_scores(model_dir, task, eval_data, mask,
-                      recommend.rank_tower_features(config)[1][0]))
     else:
+      ranked = None
+      if _ranks_through_signature(config, task):
+        ranked = rank_scores(model_dir, task, eval_data, mask,
+                             recommend.rank_tower_features(config)[1][0])
       candidate_metrics = _model_task_metrics(task, eval_data, mask,
-                                              candidate)
+                                              candidate, ranked)
     result = {
         'main_metric': task.main_metric,
         'examples': int(mask.sum()),
@@ -480,6 +538,10 @@ def run_evaluator(config: PipelineConfig, examples_dir: str, model_dir: str,
         'baseline': _baseline_metrics(task, train_data, eval_data, mask),
         'served': None,
     }
+    if task.type == 'binary' and task.group_key:
+      result['difference'] = _impression_differences(
+          task, eval_data, mask, _positive_scores(task, candidate, ranked),
+          _popularity_scores(task, train_data, eval_data))
     if served is not None and task.type == 'retrieval':
       try:
         result['served'] = _retrieval_metrics(task, served_model_dir,

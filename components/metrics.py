@@ -5,7 +5,7 @@ gets the ranking of the input order, not a lucky one; AUC counts a tie as
 half a correct pair (the Mann-Whitney statistic).
 """
 
-from typing import Dict, Hashable, Optional, Sequence
+from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -118,18 +118,27 @@ def ndcg(labels: np.ndarray, scores: np.ndarray, k: int) -> float:
   return float(dcg / ideal_dcg) if ideal_dcg > 0 else float('nan')
 
 
-def impression_metrics(groups: Sequence[Hashable], labels: Sequence[int],
-                       scores: Sequence[float]) -> Dict[str, float]:
-  """Per-impression AUC, MRR and nDCG@5/10, averaged over impressions.
+IMPRESSION_METRICS = ('group_auc', 'mrr', 'ndcg@5', 'ndcg@10')
+
+
+def per_impression_metrics(groups: Sequence[Hashable], labels: Sequence[int],
+                           scores: Sequence[float]
+                           ) -> Tuple[List[Hashable], Dict[str, np.ndarray]]:
+  """AUC, MRR and nDCG@5/10 of each impression, in order of its group key.
 
   Impressions without both a click and a non-click are skipped, as in MIND's
-  evaluation; `impressions` reports how many were averaged.
+  evaluation. The impressions kept depend on the labels alone, so two
+  scorers of the same examples get aligned arrays.
+
+  Returns:
+    The group keys kept, and one array per metric with a value per key.
   """
   groups = np.asarray(groups, dtype=object)
   labels = np.asarray(labels, dtype=np.int64)
   scores = np.asarray(scores, dtype=np.float64)
   order = np.argsort(groups, kind='mergesort')
-  results = {'group_auc': [], 'mrr': [], 'ndcg@5': [], 'ndcg@10': []}
+  values = {name: [] for name in IMPRESSION_METRICS}
+  kept_groups = []
   boundaries = np.flatnonzero(groups[order][1:] != groups[order][:-1]) + 1
   for indices in np.split(order, boundaries):
     if indices.size == 0:
@@ -139,14 +148,74 @@ def impression_metrics(groups: Sequence[Hashable], labels: Sequence[int],
     positives = int(np.sum(group_labels))
     if positives == 0 or positives == group_labels.size:
       continue
-    results['group_auc'].append(roc_auc(group_labels, group_scores))
-    results['mrr'].append(mrr(group_labels, group_scores))
-    results['ndcg@5'].append(ndcg(group_labels, group_scores, 5))
-    results['ndcg@10'].append(ndcg(group_labels, group_scores, 10))
-  summary = {name: float(np.mean(values)) if values else float('nan')
-             for name, values in results.items()}
-  summary['impressions'] = len(results['group_auc'])
+    kept_groups.append(groups[indices[0]])
+    values['group_auc'].append(roc_auc(group_labels, group_scores))
+    values['mrr'].append(mrr(group_labels, group_scores))
+    values['ndcg@5'].append(ndcg(group_labels, group_scores, 5))
+    values['ndcg@10'].append(ndcg(group_labels, group_scores, 10))
+  return kept_groups, {name: np.asarray(v, dtype=np.float64)
+                for name, v in values.items()}
+
+
+def impression_metrics(groups: Sequence[Hashable], labels: Sequence[int],
+                       scores: Sequence[float]) -> Dict[str, float]:
+  """Per-impression AUC, MRR and nDCG@5/10, averaged over impressions.
+
+  Impressions without both a click and a non-click are skipped, as in MIND's
+  evaluation; `impressions` reports how many were averaged.
+  """
+  kept_groups, values = per_impression_metrics(groups, labels, scores)
+  summary = {name: float(np.mean(v)) if v.size else float('nan')
+             for name, v in values.items()}
+  summary['impressions'] = len(kept_groups)
   return summary
+
+
+def paired_bootstrap_interval(candidate: np.ndarray, baseline: np.ndarray,
+                              replicates: int = 1000,
+                              confidence: float = 0.95,
+                              seed: int = 0) -> Dict[str, float]:
+  """Mean difference of paired values and its percentile bootstrap interval.
+
+  Each replicate draws the units (impressions, say) with replacement and
+  takes the mean of candidate minus baseline over the draw. The interval is
+  the central `confidence` share of those means. An interval that spans 0
+  says the units measured cannot tell the two scorers apart.
+
+  Args:
+    candidate: [units] one scorer's metric per unit.
+    baseline: [units] the other scorer's metric for the same units.
+    replicates: how many resamples to draw.
+    confidence: the interval's coverage, between 0 and 1.
+    seed: the random seed, so that a rerun reports the same interval.
+
+  Returns:
+    `difference` (the mean over all units), `lower`, `upper`, `units`.
+  """
+  candidate = np.asarray(candidate, dtype=np.float64)
+  baseline = np.asarray(baseline, dtype=np.float64)
+  if candidate.shape != baseline.shape:
+    raise ValueError(f'Paired values differ in shape: {candidate.shape} for '
+                     f'the candidate and {baseline.shape} for the baseline.')
+  if not 0 < confidence < 1:
+    raise ValueError(f'confidence must be between 0 and 1, got {confidence}.')
+  differences = candidate - baseline
+  if differences.size == 0:
+    nan = float('nan')
+    return {'difference': nan, 'lower': nan, 'upper': nan, 'units': 0}
+  rng = np.random.default_rng(seed)
+  # Draw in chunks of about 4M indices so that memory stays flat.
+  chunk = max(1, 4_000_000 // differences.size)
+  means = np.concatenate([
+      differences[rng.integers(0, differences.size,
+                               size=(min(chunk, replicates - start),
+                                     differences.size))].mean(axis=1)
+      for start in range(0, replicates, chunk)
+  ])
+  tail = (1 - confidence) / 2 * 100
+  lower, upper = np.percentile(means, [tail, 100 - tail])
+  return {'difference': float(differences.mean()), 'lower': float(lower),
+          'upper': float(upper), 'units': int(differences.size)}
 
 
 def binary_metrics(labels: Sequence[int], scores: Sequence[float],

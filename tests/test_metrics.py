@@ -99,3 +99,50 @@ def test_top_k_accuracy():
   result = metrics.top_k_accuracy(ranked, ['a', 'b', 'd'], [1, 3])
   assert result['top_1_accuracy'] == pytest.approx(1 / 3)
   assert result['top_3_accuracy'] == pytest.approx(2 / 3)
+
+
+def test_per_impression_metrics_align_two_scorers():
+  groups = ['b', 'a', 'b', 'a', 'c']
+  labels = [1, 0, 0, 1, 1]
+  kept_groups, good = metrics.per_impression_metrics(groups, labels,
+                                              [0.9, 0.1, 0.2, 0.8, 0.5])
+  _, bad = metrics.per_impression_metrics(groups, labels,
+                                          [0.1, 0.9, 0.8, 0.2, 0.5])
+  # 'c' has no non-click, so only 'a' and 'b' are kept, in key order.
+  assert kept_groups == ['a', 'b']
+  np.testing.assert_allclose(good['group_auc'], [1.0, 1.0])
+  np.testing.assert_allclose(bad['group_auc'], [0.0, 0.0])
+  np.testing.assert_allclose(bad['mrr'], [0.5, 0.5])
+
+
+def test_bootstrap_interval_constant_shift():
+  baseline = np.linspace(0.0, 1.0, 50)
+  result = metrics.paired_bootstrap_interval(baseline + 0.25, baseline)
+  assert result['difference'] == pytest.approx(0.25)
+  assert result['lower'] == pytest.approx(0.25)
+  assert result['upper'] == pytest.approx(0.25)
+  assert result['units'] == 50
+
+
+def test_paired_bootstrap_interval_spans_zero_for_noise_only():
+  rng = np.random.default_rng(7)
+  baseline = rng.uniform(size=400)
+  noise = metrics.paired_bootstrap_interval(
+      baseline + rng.normal(0, 0.1, size=400), baseline)
+  assert noise['lower'] < 0 < noise['upper']
+  # Standard error of the mean difference: 0.1 / sqrt(400) = 0.005, so the
+  # 95% interval is about 0.02 wide.
+  assert 0.012 < noise['upper'] - noise['lower'] < 0.03
+  better = metrics.paired_bootstrap_interval(
+      baseline + 0.05 + rng.normal(0, 0.1, size=400), baseline)
+  assert better['lower'] > 0
+  # The same seed gives the same interval.
+  assert metrics.paired_bootstrap_interval(
+      baseline + 0.05, baseline, seed=3) == metrics.paired_bootstrap_interval(
+          baseline + 0.05, baseline, seed=3)
+
+
+def test_paired_bootstrap_interval_rejects_unpaired_values():
+  with pytest.raises(ValueError, match=r'\(3,\) for the candidate and '
+                     r'\(2,\) for the baseline'):
+    metrics.paired_bootstrap_interval(np.zeros(3), np.zeros(2))

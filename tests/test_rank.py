@@ -129,6 +129,23 @@ def test_rank_metrics_beat_popularity(run):
   assert click['metrics']['group_auc'] > 0.9
 
 
+def test_rank_metrics_report_a_bootstrap_interval(run):
+  click = run['tasks']['click']
+  for metric in ('group_auc', 'mrr', 'ndcg@5', 'ndcg@10'):
+    interval = click['difference'][metric]
+    assert interval['difference'] == pytest.approx(
+        click['metrics'][metric] - click['baseline'][metric]), metric
+    assert 0 < interval['lower'] <= interval['difference'] <= interval[
+        'upper'], metric
+    assert interval['units'] == click['metrics']['impressions']
+  report = open(os.path.join(_component_dir(run, 'evaluator'), 'report.md'),
+                encoding='utf-8').read()
+  lower = click['difference']['mrr']['lower']
+  assert f'| click | mrr | {click["difference"]["mrr"]["difference"]:+.4f}' \
+      f' | {lower:+.4f} to ' in report
+  assert 'model minus baseline over' in pipeline.format_summary(run)
+
+
 def test_rank_scores_equal_click_probabilities(run):
   model_dir = os.path.join(_component_dir(run, 'trainer'), 'serving_model')
   loaded = tf.saved_model.load(model_dir)
