@@ -45,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -258,9 +258,11 @@ class ServerProcess:
     model_dir: the model's base path, with one folder per version.
     work_dir: where the server's log and batching file go.
     batching: start it with --enable_batching and BATCHING_PARAMETERS.
+    threads: (intra-op, inter-op) session threads; 0 lets TensorFlow choose.
   """
 
-  def __init__(self, model_dir: str, work_dir: str, batching: bool):
+  def __init__(self, model_dir: str, work_dir: str, batching: bool,
+               threads: Tuple[int, int] = (0, 0)):
     self.model_name = os.path.basename(os.path.normpath(model_dir))
     self.grpc_port = _free_port()
     self.rest_port = _free_port()
@@ -279,6 +281,11 @@ class ServerProcess:
         f.write(BATCHING_PARAMETERS)
       self.command += ['--enable_batching=true',
                        f'--batching_parameters_file={parameters_path}']
+    intra, inter = threads
+    if intra:
+      self.command.append(f'--tensorflow_intra_op_parallelism={intra}')
+    if inter:
+      self.command.append(f'--tensorflow_inter_op_parallelism={inter}')
     self.process: Optional[subprocess.Popen] = None
 
   def __enter__(self) -> 'ServerProcess':
@@ -599,6 +606,9 @@ def format_report(args, rows, memory, elapsed_s: float) -> str:
       f'model {os.path.relpath(args.model_dir, REPO_ROOT)} version {_latest_version(args.model_dir)}; '
       f'benchmark wall time {elapsed_s:.0f} s',
       f'batching on: {BATCHING_PARAMETERS.strip().replace(chr(10), ", ")}',
+      f'session threads, in process and in both servers: intra-op '
+      f'{args.intra_op_threads or "TensorFlow default"}, inter-op '
+      f'{args.inter_op_threads or "TensorFlow default"}',
   ]
   return '\n'.join(header + [''] + format_results(rows) + [''] +
                    format_memory(memory) + [''] +
@@ -657,6 +667,14 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                       help='Client threads sending the memory requests.')
   parser.add_argument('--memory-seconds', type=float, default=120,
                       help='Time cap of the memory requests, in seconds.')
+  parser.add_argument('--intra-op-threads', type=int, default=0,
+                      help='Threads per op, in process and in both servers '
+                      '(--tensorflow_intra_op_parallelism); 0 lets '
+                      'TensorFlow choose.')
+  parser.add_argument('--inter-op-threads', type=int, default=0,
+                      help='Threads running independent ops, in process and '
+                      'in both servers (--tensorflow_inter_op_parallelism); '
+                      '0 lets TensorFlow choose.')
   parser.add_argument('--work-dir', default=None,
                       help='Folder for the server logs and batching file '
                       '(default: a new temporary folder).')
@@ -666,6 +684,9 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                'memory_clients'):
     if getattr(args, name) < 1:
       parser.error(f'--{name.replace("_", "-")} must be at least 1.')
+  for name in ('intra_op_threads', 'inter_op_threads'):
+    if getattr(args, name) < 0:
+      parser.error(f'--{name.replace("_", "-")} must be 0 or more.')
   return args
 
 
@@ -673,6 +694,12 @@ def main(argv: Optional[List[str]] = None) -> int:
   logging.basicConfig(level=logging.INFO,
                       format='%(asctime)s %(levelname)s %(message)s')
   args = _parse_args(argv)
+  # Before the in-process model loads, while TensorFlow can still size its
+  # thread pools.
+  if args.intra_op_threads:
+    tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+  if args.inter_op_threads:
+    tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
   version = _latest_version(args.model_dir)
   version_dir = os.path.join(args.model_dir, str(version))
   work_dir = args.work_dir or tempfile.mkdtemp(prefix='mtlrec-serving-bench-')
@@ -690,7 +717,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     loaded = {}
     for batching in ('off', 'on'):
       servers[batching] = stack.enter_context(
-          ServerProcess(args.model_dir, work_dir, batching == 'on'))
+          ServerProcess(args.model_dir, work_dir, batching == 'on',
+                        (args.intra_op_threads, args.inter_op_threads)))
       loaded[batching] = servers[batching].rss_kib()
     rows += measure_servers(servers, requests_by_size, args)
     for batching, server in servers.items():

@@ -143,11 +143,12 @@ def load_model_config_file(path: str) -> List[ModelConfig]:
 class ServableVersion:
   """One loaded version: its session, signatures and in-flight references."""
 
-  def __init__(self, name: str, version: int, path: str):
+  def __init__(self, name: str, version: int, path: str,
+               session_config: Optional[tf.compat.v1.ConfigProto] = None):
     self.name = name
     self.version = version
     self.path = path
-    self.session = SavedModelSession(path)
+    self.session = SavedModelSession(path, config=session_config)
     self.signatures: Dict[str, meta_graph_pb2.SignatureDef] = (
         self.session.signatures)
     self._lock = threading.Lock()
@@ -292,15 +293,19 @@ class ModelManager:
       scans once at start.
     metrics: where load attempts are counted.
     enable_warmup: replay warmup requests before serving a version.
+    session_config: the TensorFlow session options of every version, such
+      as its thread pools; None for TensorFlow's defaults.
   """
 
   def __init__(self, models: List[ModelConfig], poll_wait_seconds: float = 1,
                metrics: Optional[ServerMetrics] = None,
-               enable_warmup: bool = True):
+               enable_warmup: bool = True,
+               session_config: Optional[tf.compat.v1.ConfigProto] = None):
     self.models = {model.name: model for model in models}
     self._poll_wait_seconds = poll_wait_seconds
     self._metrics = metrics or ServerMetrics()
     self._enable_warmup = enable_warmup
+    self._session_config = session_config
     self._lock = threading.Lock()
     # Replaced, never mutated, so readers need the lock only to take it.
     self._served: Dict[str, Dict[int, ServableVersion]] = {
@@ -393,7 +398,7 @@ class ModelManager:
     started = time.monotonic()
     servable = None
     try:
-      servable = ServableVersion(name, version, path)
+      servable = ServableVersion(name, version, path, self._session_config)
       if self._enable_warmup:
         count = run_warmup(servable)
         logging.info('Warmed up model %s version %d with %d request(s)',

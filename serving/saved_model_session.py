@@ -16,9 +16,10 @@ import tensorflow_text  # noqa: F401  Registers the tf-text ops of the graph.
 class SavedModelSession:
   """A loaded SavedModel and a session to run its signatures."""
 
-  def __init__(self, export_dir: str, tags=('serve',)):
+  def __init__(self, export_dir: str, tags=('serve',),
+               config: Optional[tf.compat.v1.ConfigProto] = None):
     self._graph = tf.Graph()
-    self._session = tf.compat.v1.Session(graph=self._graph)
+    self._session = tf.compat.v1.Session(graph=self._graph, config=config)
     with self._graph.as_default():
       self.meta_graph = tf.compat.v1.saved_model.loader.load(
           self._session, list(tags), export_dir)

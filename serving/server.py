@@ -27,6 +27,7 @@ import threading
 from typing import Dict, List, Optional
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_text  # noqa: F401  Registers the tf-text ops of the graph.
 
 from serving import batching
@@ -66,6 +67,8 @@ class ModelServer:
     prometheus: where metrics are exported on the REST port.
     max_body_bytes: REST request bodies above this get 413.
     enable_warmup: replay each version's warmup requests before serving it.
+    session_config: TensorFlow session options for every version (thread
+      pools); None for TensorFlow's defaults.
   """
 
   def __init__(self, models: List[model_manager.ModelConfig],
@@ -75,10 +78,11 @@ class ModelServer:
                    batching.BatchingParameters] = None,
                prometheus: Optional[monitoring.PrometheusConfig] = None,
                max_body_bytes: int = rest.DEFAULT_MAX_BODY_BYTES,
-               enable_warmup: bool = True):
+               enable_warmup: bool = True,
+               session_config: Optional[tf.compat.v1.ConfigProto] = None):
     self.metrics = monitoring.ServerMetrics()
     self.manager = ModelManager(models, poll_wait_seconds, self.metrics,
-                                enable_warmup)
+                                enable_warmup, session_config)
     batcher = (batching.BatchScheduler(batching_parameters, self.metrics)
                if batching_parameters else None)
     self.predictor = Predictor(self.manager, self.metrics, batcher)
@@ -177,10 +181,35 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                       const=True, default=True,
                       help='Replay assets.extra/tf_serving_warmup_requests '
                       'before serving a version.')
+  parser.add_argument('--tensorflow_session_parallelism', type=int,
+                      default=0,
+                      help='Threads of both TensorFlow session pools, '
+                      'inter-op and intra-op; 0 lets TensorFlow choose. '
+                      'Ignored when either flag below is set.')
+  parser.add_argument('--tensorflow_intra_op_parallelism', type=int,
+                      default=0,
+                      help='Threads that parallelize one op, such as a '
+                      'matrix multiply; 0 lets TensorFlow choose.')
+  parser.add_argument('--tensorflow_inter_op_parallelism', type=int,
+                      default=0,
+                      help='Threads that run independent ops of a session '
+                      'run at once; 0 lets TensorFlow choose.')
   parser.add_argument('--monitoring_config_file', default='',
                       help='MonitoringConfig text proto; prometheus_config '
                       'exports metrics on the REST port.')
   args = parser.parse_args(argv)
+  for name in ('tensorflow_session_parallelism',
+               'tensorflow_intra_op_parallelism',
+               'tensorflow_inter_op_parallelism'):
+    if getattr(args, name) < 0:
+      parser.error(f'--{name} must be 0 (TensorFlow chooses) or a thread '
+                   f'count, got {getattr(args, name)}.')
+  if (args.tensorflow_session_parallelism and
+      args.tensorflow_intra_op_parallelism and
+      args.tensorflow_inter_op_parallelism):
+    parser.error('set either --tensorflow_session_parallelism or '
+                 '--tensorflow_intra_op_parallelism and '
+                 '--tensorflow_inter_op_parallelism, not all three.')
   if bool(args.model_config_file) == bool(args.model_base_path):
     parser.error('set exactly one of --model_base_path (with --model_name) '
                  'or --model_config_file.')
@@ -192,6 +221,24 @@ def _models_from_args(args) -> List[model_manager.ModelConfig]:
     return model_manager.load_model_config_file(args.model_config_file)
   return [model_manager.ModelConfig(args.model_name,
                                     os.path.abspath(args.model_base_path))]
+
+
+def session_config_from_args(args: argparse.Namespace
+                             ) -> Optional[tf.compat.v1.ConfigProto]:
+  """Return the session thread options the flags set, or None for defaults.
+
+  As in TF Serving, setting either pool's own flag makes both pools follow
+  their own flags and ignores --tensorflow_session_parallelism. Otherwise
+  that flag sizes both pools.
+  """
+  intra = args.tensorflow_intra_op_parallelism
+  inter = args.tensorflow_inter_op_parallelism
+  if not intra and not inter:
+    intra = inter = args.tensorflow_session_parallelism
+  if not intra and not inter:
+    return None
+  return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra,
+                                  inter_op_parallelism_threads=inter)
 
 
 def server_from_args(args: argparse.Namespace) -> ModelServer:
@@ -217,7 +264,8 @@ def server_from_args(args: argparse.Namespace) -> ModelServer:
       prometheus=monitoring.load_monitoring_config(
           args.monitoring_config_file),
       max_body_bytes=args.rest_api_max_body_bytes,
-      enable_warmup=args.enable_model_warmup)
+      enable_warmup=args.enable_model_warmup,
+      session_config=session_config_from_args(args))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

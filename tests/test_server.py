@@ -51,6 +51,7 @@ from serving import model_manager
 from serving import monitoring
 from serving import tensor_codec
 from serving.saved_model_session import SavedModelSession
+from serving import server as server_lib
 from serving.server import ModelServer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -305,7 +306,8 @@ def in_process_server(model_dir, tmp_path):
   """Start a `ModelServer` in this process on a fresh base path."""
   started = []
 
-  def start(batching_parameters=None, poll_wait_seconds=0.1):
+  def start(batching_parameters=None, poll_wait_seconds=0.1,
+            session_config=None):
     base_path = tmp_path / f'models{len(started)}' / MODEL
     base_path.mkdir(parents=True)
     _copy_version(model_dir, str(base_path), 1)
@@ -313,7 +315,8 @@ def in_process_server(model_dir, tmp_path):
         [model_manager.ModelConfig(MODEL, str(base_path))],
         grpc_address=(HOST, 0), rest_address=(HOST, 0),
         poll_wait_seconds=poll_wait_seconds,
-        batching_parameters=batching_parameters)
+        batching_parameters=batching_parameters,
+        session_config=session_config)
     model_server.start()
     started.append(model_server)
     return model_server, str(base_path)
@@ -995,3 +998,61 @@ def test_sigterm_stops_cleanly(server):
   log = server.log()
   assert 'Received SIGTERM' in log
   assert 'Model server stopped' in log
+
+
+# Session threads ------------------------------------------------------------
+
+
+def _thread_flags(*flags: str) -> Optional[Tuple[int, int]]:
+  args = server_lib._parse_args(['--model_base_path=/models/m', *flags])
+  config = server_lib.session_config_from_args(args)
+  if config is None:
+    return None
+  return (config.intra_op_parallelism_threads,
+          config.inter_op_parallelism_threads)
+
+
+def test_thread_flags_follow_tf_serving():
+  assert _thread_flags() is None
+  assert _thread_flags('--tensorflow_session_parallelism=2') == (2, 2)
+  # Either pool's own flag sets both pools from their own flags.
+  assert _thread_flags('--tensorflow_session_parallelism=4',
+                       '--tensorflow_intra_op_parallelism=1') == (1, 0)
+  assert _thread_flags('--tensorflow_inter_op_parallelism=3') == (0, 3)
+  assert _thread_flags('--tensorflow_intra_op_parallelism=1',
+                       '--tensorflow_inter_op_parallelism=2') == (1, 2)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--tensorflow_session_parallelism=2',
+      '--tensorflow_intra_op_parallelism=1',
+      '--tensorflow_inter_op_parallelism=1'], 'not all three'),
+    (['--tensorflow_intra_op_parallelism=-1'],
+     '--tensorflow_intra_op_parallelism must be 0'),
+])
+def test_thread_flags_reject_bad_values(flags, message, capsys):
+  with pytest.raises(SystemExit) as raised:
+    server_lib._parse_args(['--model_base_path=/models/m', *flags])
+  assert raised.value.code == 2
+  assert message in capsys.readouterr().err
+
+
+def test_thread_flags_reach_each_version(in_process_server, reference):
+  config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=1,
+                                    inter_op_parallelism_threads=2)
+  model_server, _ = in_process_server(session_config=config)
+  with model_server.manager.acquire(MODEL) as servable:
+    # pylint: disable=protected-access
+    used = servable.session._session._config
+  assert used.intra_op_parallelism_threads == 1
+  assert used.inter_op_parallelism_threads == 2
+  _, expected = reference
+  response = _stubs(model_server.grpc_port).prediction.Predict(
+      _predict_request(range(len(SUMMARIES))), timeout=60)
+  outputs = {key: tf.make_ndarray(proto)
+             for key, proto in response.outputs.items()}
+  for key, value in expected.items():
+    if value.dtype.kind == 'f':
+      np.testing.assert_allclose(outputs[key], value, rtol=1e-5, atol=1e-6)
+    else:
+      np.testing.assert_array_equal(outputs[key], value)
