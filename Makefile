@@ -21,7 +21,7 @@ venv: $(VENV)/.installed
 
 run: venv
 	$(PY) pipeline.py run --config $(CONFIG) --pipeline-root $(PIPELINE_ROOT) \
-	    --serving-dir $(SERVING_DIR) --output-json $(PIPELINE_ROOT)/summary.json
+	    --serving-dir $(SERVING_DIR)
 
 test: venv
 	$(PY) -m pytest -q tests

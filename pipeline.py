@@ -1,7 +1,7 @@
 """mtlrec command line: run the pipeline on one snapshot with one config.
 
   python pipeline.py run --config configs/mind.yaml --data-dir DIR \\
-      --pipeline-root runs --serving-dir serving_models --output-json out.json
+      --pipeline-root runs --serving-dir serving_models
 
 or predict a file of rows with a pushed model (batch inference on Beam):
 
@@ -43,6 +43,8 @@ from components.runner import ComponentRunner
 COMPONENTS = ('example_gen', 'statistics_gen', 'schema_gen',
               'example_validator', 'transform', 'trainer', 'evaluator',
               'pusher')
+# The run summary, by default in <pipeline_root>/<pipeline_name>/.
+SUMMARY_FILE = 'summary.json'
 
 
 def _new_run_id() -> str:
@@ -336,7 +338,9 @@ def _parse_args(argv: Optional[List[str]]):
   run.add_argument('--serving-dir', default='serving_models',
                    help='TF Serving model base folder the Pusher writes to.')
   run.add_argument('--output-json', default=None,
-                   help='Write the run summary as JSON to this file.')
+                   help='Write the run summary as JSON to this file '
+                   '(default: <pipeline-root>/<pipeline_name>/'
+                   f'{SUMMARY_FILE}).')
   run.add_argument('--component', default='pusher', choices=COMPONENTS,
                    help='Run the pipeline up to and including this '
                    'component; upstream components are reused when cached.')
@@ -356,13 +360,19 @@ def _add_infer_parser(commands) -> None:
                      '<serving_dir>/<model_name>/<version>.')
   infer.add_argument('--input', required=True,
                      help='Input file or glob: CSV or JSON Lines rows of raw '
-                     'features, or TFRecords of serialized tf.Example.')
+                     'features, or TFRecords of serialized tf.Example. With '
+                     '--config: the data snapshot (file, glob or folder) in '
+                     'its dataset\'s own format.')
   infer.add_argument('--output', required=True,
                      help='Predictions file (JSON Lines); rejected rows go '
                      'to <output without .jsonl>.rejected.jsonl.')
   infer.add_argument('--format', default=None,
                      choices=('csv', 'jsonl', 'tfrecord'),
                      help='Input format (default: from the file name).')
+  infer.add_argument('--config', default=None,
+                     help='Pipeline config whose data adapter reads --input, '
+                     'as ExampleGen does, e.g. configs/amazon_fine_food.yaml '
+                     'with --input data/sample/Reviews.csv.')
   infer.add_argument('--batch-size', type=int, default=256,
                      help='Maximum rows per model call (default %(default)s).')
 
@@ -374,7 +384,7 @@ def _infer(args, beam_args: List[str]) -> int:
   try:
     counts = batch_inference.run_batch_inference(
         args.model_dir, args.input, args.output, args.format, beam_args,
-        args.batch_size)
+        args.batch_size, args.config)
   except (FileNotFoundError, KeyError, ValueError) as e:
     # KeyError's str() quotes its message.
     message = e.args[0] if isinstance(e, KeyError) and e.args else e
@@ -397,6 +407,8 @@ def main(argv: Optional[List[str]] = None) -> int:
   except ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  summary_path = args.output_json or os.path.join(
+      args.pipeline_root, config.pipeline_name, SUMMARY_FILE)
   try:
     summary = run_pipeline(config, args.data_dir, args.pipeline_root,
                            args.serving_dir, beam_args, args.component,
@@ -404,20 +416,17 @@ def main(argv: Optional[List[str]] = None) -> int:
   except (ValueError, FileNotFoundError) as e:
     # Bad data or paths: the traceback goes to the log, the reason last.
     logging.exception('The pipeline run failed.')
-    _write_summary(args.output_json, {'status': 'failed', 'error': str(e),
-                                      'config': args.config})
+    _write_summary(summary_path, {'status': 'failed', 'error': str(e),
+                                  'config': args.config})
     print(f'error: {e}', file=sys.stderr)
     return 1
-  _write_summary(args.output_json, summary)
+  _write_summary(summary_path, summary)
   print(format_summary(summary))
-  if args.output_json:
-    print(f'Summary written to {args.output_json}')
+  print(f'Summary written to {summary_path}')
   return 0
 
 
-def _write_summary(path: Optional[str], summary: Dict[str, Any]) -> None:
-  if not path:
-    return
+def _write_summary(path: str, summary: Dict[str, Any]) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, 'w', encoding='utf-8') as f:
     json.dump(summary, f, indent=2, default=str)

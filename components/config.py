@@ -246,8 +246,12 @@ class EvaluatorConfig:
   Attributes:
     tolerance: the candidate is blessed only if no task's main metric is
       below the served model's by more than this (absolute).
+    require_significant_lead: bless a task whose main metric has a
+      bootstrap interval (a click task scored per impression) only if the
+      whole interval of its lead over the baseline is above 0.
   """
   tolerance: float = 0.01
+  require_significant_lead: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -405,6 +409,14 @@ def _build(cls, values: Any, where: str, source: str):
 def _check(condition: bool, source: str, message: str) -> None:
   if not condition:
     raise ConfigError(f'{source}: {message}')
+
+
+def _parse_evaluator(values: Any, source: str) -> EvaluatorConfig:
+  evaluator = _build(EvaluatorConfig, values, 'evaluator', source)
+  _check(isinstance(evaluator.require_significant_lead, bool), source,
+         '`evaluator.require_significant_lead` must be true or false, got '
+         f'{evaluator.require_significant_lead!r}.')
+  return evaluator
 
 
 def _parse_trainer(values: Any, source: str) -> TrainerConfig:
@@ -666,8 +678,7 @@ def parse_config(raw: Any, source: str = '<config>') -> PipelineConfig:
       text=_build(TextConfig, raw.pop('text', None), 'text', source),
       model=_build(ModelConfig, model, 'model', source),
       trainer=_parse_trainer(raw.pop('trainer', None), source),
-      evaluator=_build(EvaluatorConfig, raw.pop('evaluator', None),
-                       'evaluator', source),
+      evaluator=_parse_evaluator(raw.pop('evaluator', None), source),
       validation=_build(ValidationConfig, raw.pop('validation', None),
                         'validation', source),
       history=_parse_history(raw.pop('history', None), source),

@@ -437,6 +437,14 @@ def _bless(config: PipelineConfig, task_results: Dict[str, dict],
         reason += (f' (difference {_format_interval(interval)} over '
                    f'{interval["units"]} impressions)')
       reasons.append(reason + '.')
+    elif config.evaluator.require_significant_lead:
+      interval = (result.get('difference') or {}).get(name)
+      if interval and not interval['lower'] > 0:
+        reasons.append(
+            f'{task.name}: {name} leads the baseline by '
+            f'{_format_interval(interval)} over {interval["units"]} '
+            'impressions; the interval includes 0 and '
+            'evaluator.require_significant_lead is set.')
     served = (result.get('served') or {}).get(name)
     if served is not None and not np.isnan(served) and (
         np.isnan(value) or value < served - tolerance):

@@ -11,11 +11,16 @@ Inputs:
               ids in CSV.
   tfrecord:   serialized raw `tf.Example` protos (gzip when the file name ends
               in .gz), fed to the `from_examples` signature.
+  snapshot:   a data snapshot in its dataset's own format (with `--config`):
+              read by the config's adapter, as ExampleGen reads it, and each
+              example's raw features fed to `serving_default`. Label columns
+              are read but not used.
 
 Outputs (JSON Lines, in no particular order):
   <output>:                one prediction per valid row: `row` (file:number;
                            the record number, 1-based, with a CSV header as
-                           record 1), `id` from an id column or null, and
+                           record 1; for a snapshot, `example <example_id>`),
+                           `id` from an id column or null, and
                            per task its `label` and `probabilities` in class
                            order.
   <output>.rejected.jsonl: every other row with `row`, `reason` and the raw
@@ -49,8 +54,11 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from components import beam_options
 from serving import client as serving_client
+from serving import tensor_codec
 
 FORMATS = ('csv', 'jsonl', 'tfrecord')
+# Input read through a pipeline config's dataset adapter.
+SNAPSHOT = 'snapshot'
 RAW_SIGNATURE = 'serving_default'
 EXAMPLES_SIGNATURE = 'from_examples'
 # Columns taken, in this order, as a row's id in the prediction output.
@@ -366,7 +374,7 @@ class SavedModelHandler(inference_base.ModelHandler):
     except tf.errors.OpError as e:
       if len(batch) == 1:
         return [inference_base.PredictionResult(batch[0],
-                                                {'error': e.message})]
+                                                {'error': tensor_codec.op_error_message(e.message)})]
       # Rerun row by row so that only the rows the graph rejects fail.
       return [result for element in batch
               for result in self.run_inference([element], model)]
@@ -432,22 +440,54 @@ def _is_rejection(row: Dict[str, Any]) -> bool:
 # ----------------------------------------------------------------------------
 
 
-def build_pipeline(pipeline: beam.Pipeline, model_dir: str, input_path: str,
-                   output_path: str, input_format: str,
-                   specs: Dict[str, InputSpec], signature_name: str,
-                   max_batch_size: int) -> None:
-  """Add the read, validate, infer and write steps to `pipeline`."""
-  handler = inference_base.KeyedModelHandler(
-      SavedModelHandler(model_dir, signature_name,
-                        max_batch_size=max_batch_size))
+def _read_files(pipeline: beam.Pipeline, input_path: str, input_format: str):
+  """Read (key, row) pairs and rejected rows from CSV, JSONL or TFRecord."""
   parsed = (
       pipeline
       | 'MatchInputFiles' >> fileio.MatchFiles(input_path)
       | 'ReadInputFiles' >> fileio.ReadMatches()
       | 'ParseRows' >> beam.FlatMap(_READERS[input_format]).with_outputs(
           _REJECTED_TAG, main='rows'))
-  rows = parsed.rows | 'CountRows' >> beam.Map(_CountElements('rows_read'))
-  _ = parsed[_REJECTED_TAG] | 'CountUnparsedRows' >> beam.Map(
+  return parsed.rows, parsed[_REJECTED_TAG]
+
+
+def _keyed_example(example: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
+  return f'example {example.get("example_id", "")}', example
+
+
+def _snapshot_rejection(rejected: Dict[str, Any]) -> Dict[str, Any]:
+  """Turn an adapter's rejected row into a rejected-rows record."""
+  key = _row_key(rejected['source'], rejected['row'])
+  return _rejection(key, rejected['reason'], rejected['raw'])
+
+
+def _read_snapshot(pipeline: beam.Pipeline, adapter):
+  """Read (key, example) pairs and rejected rows through an adapter."""
+  output = adapter.read(pipeline)
+  rows = output.examples | 'KeyExamples' >> beam.Map(_keyed_example)
+  rejected = output.rejected | 'FormatSnapshotRejections' >> beam.Map(
+      _snapshot_rejection)
+  return rows, rejected
+
+
+def build_pipeline(pipeline: beam.Pipeline, model_dir: str, input_path: str,
+                   output_path: str, input_format: str,
+                   specs: Dict[str, InputSpec], signature_name: str,
+                   max_batch_size: int, adapter=None) -> None:
+  """Add the read, validate, infer and write steps to `pipeline`.
+
+  With `adapter` (a `DatasetAdapter`, for the 'snapshot' format), the rows
+  are the examples it reads; `input_path` is then unused.
+  """
+  handler = inference_base.KeyedModelHandler(
+      SavedModelHandler(model_dir, signature_name,
+                        max_batch_size=max_batch_size))
+  if input_format == SNAPSHOT:
+    rows, unparsed = _read_snapshot(pipeline, adapter)
+  else:
+    rows, unparsed = _read_files(pipeline, input_path, input_format)
+  rows = rows | 'CountRows' >> beam.Map(_CountElements('rows_read'))
+  unparsed = unparsed | 'CountUnparsedRows' >> beam.Map(
       _CountElements('rows_read'))
   validated = rows | 'ValidateRows' >> beam.ParDo(
       _ValidateRow(specs, input_format)).with_outputs(_REJECTED_TAG,
@@ -459,7 +499,7 @@ def build_pipeline(pipeline: beam.Pipeline, model_dir: str, input_path: str,
   predictions = results | 'KeepPredictions' >> beam.Filter(
       lambda row: not _is_rejection(row))
   failed = results | 'KeepFailedRows' >> beam.Filter(_is_rejection)
-  rejected = ((parsed[_REJECTED_TAG], validated[_REJECTED_TAG], failed)
+  rejected = ((unparsed, validated[_REJECTED_TAG], failed)
               | 'MergeRejectedRows' >> beam.Flatten())
   _ = (predictions
        | 'CountPredictions' >> beam.Map(_CountElements('predicted_rows'))
@@ -471,6 +511,30 @@ def build_pipeline(pipeline: beam.Pipeline, model_dir: str, input_path: str,
        | 'RejectedToJson' >> beam.Map(json.dumps)
        | 'WriteRejected' >> beam.io.WriteToText(
            rejected_path_for(output_path), shard_name_template=''))
+
+
+def _snapshot_adapter(config_path: str, input_path: str):
+  """Build the config's dataset adapter over `input_path`.
+
+  Raises:
+    FileNotFoundError: the adapter finds none of its input files there.
+    ValueError: the config is invalid or names an unknown adapter.
+  """
+  # Imported here so that file inputs need no pipeline config code.
+  from components import config as config_lib  # pylint: disable=g-import-not-at-top
+  from components import example_gen  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config(config_path)
+  adapter = example_gen.get_adapter(config, input_path)
+  try:
+    files = adapter.input_files()
+  except (FileNotFoundError, ValueError) as e:
+    raise FileNotFoundError(
+        f'{input_path} is not a {config.data.adapter} snapshot that '
+        f'{config_path} can read: {e}') from e
+  if not files:
+    raise FileNotFoundError(f'No {config.data.adapter} input file at '
+                            f'{input_path}; check the path.')
+  return adapter
 
 
 class _CountElements:
@@ -497,38 +561,54 @@ def _counter_value(result, name: str) -> int:
 def run_batch_inference(model_dir: str, input_path: str, output_path: str,
                         input_format: Optional[str] = None,
                         beam_args: Optional[List[str]] = None,
-                        max_batch_size: int = DEFAULT_MAX_BATCH
+                        max_batch_size: int = DEFAULT_MAX_BATCH,
+                        config_path: Optional[str] = None
                         ) -> InferenceCounts:
   """Predict every row of `input_path` and write the JSON Lines outputs.
 
   Args:
     model_dir: a pushed version folder, `<serving_dir>/<model>/<version>`.
-    input_path: a file or glob (local or any Beam file system, e.g. gs://).
+    input_path: a file or glob (local or any Beam file system, e.g. gs://);
+      with `config_path`, the data snapshot path its adapter reads (the
+      resolved `data.path`: a file, glob or folder).
     output_path: the predictions file; rejected rows go beside it.
     input_format: 'csv', 'jsonl' or 'tfrecord'; by default from the name.
+      Must be unset with `config_path`.
     beam_args: Beam pipeline options, e.g. `--runner DataflowRunner ...`.
     max_batch_size: maximum rows per session call.
+    config_path: a pipeline config; read `input_path` with its dataset
+      adapter, as ExampleGen does, so a raw snapshot needs no conversion.
 
   Returns:
-    The row counts, read from the pipeline's Beam counters.
+    The row counts, read from the pipeline's Beam counters. For a snapshot,
+    a row is an example the adapter made or a row it rejected.
   """
-  input_format = input_format or infer_format(input_path)
-  if input_format not in FORMATS:
-    raise ValueError(f'Unknown input format {input_format!r}; use one of '
-                     f'{", ".join(FORMATS)}.')
+  if config_path:
+    if input_format:
+      raise ValueError(f'--format {input_format} does not apply with '
+                       '--config: the config\'s adapter reads the snapshot.')
+    input_format = SNAPSHOT
+  else:
+    input_format = input_format or infer_format(input_path)
+    if input_format not in FORMATS:
+      raise ValueError(f'Unknown input format {input_format!r}; use one of '
+                       f'{", ".join(FORMATS)}.')
   signature_name = (EXAMPLES_SIGNATURE if input_format == 'tfrecord'
                     else RAW_SIGNATURE)
   specs = read_signature_inputs(model_dir, signature_name)
-  if not FileSystems.match([input_path])[0].metadata_list:
-    raise FileNotFoundError(f'No input file matches {input_path}; check the '
-                            'path or glob.')
+  adapter = None
+  if config_path:
+    adapter = _snapshot_adapter(config_path, input_path)
+  elif not FileSystems.match([input_path])[0].metadata_list:
+    raise FileNotFoundError(f'No input file matches {input_path}; check '
+                            'the path or glob.')
   logging.info('Batch inference: %s (%s) through %s of %s.', input_path,
                input_format, signature_name, model_dir)
 
   options = beam_options.pipeline_options(beam_args)
   pipeline = beam.Pipeline(options=options)
   build_pipeline(pipeline, model_dir, input_path, output_path, input_format,
-                 specs, signature_name, max_batch_size)
+                 specs, signature_name, max_batch_size, adapter)
   result = pipeline.run()
   result.wait_until_finish()
 

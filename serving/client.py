@@ -746,6 +746,10 @@ def _parse_value(text: str, dtype: tf.DType, rank: int) -> Any:
   """Parse a --feature value. A 2-D string input takes whitespace-separated
   ids."""
   if rank > 1:
+    if ',' in text:
+      raise SystemExit(
+          f'error: id list {text!r} contains commas; separate the ids with '
+          f'spaces, e.g. {" ".join(part.strip() for part in text.split(","))!r}.')
     return text.split()
   if dtype == tf.string:
     return text
@@ -785,6 +789,10 @@ def _cli_features(args, client: _Client) -> Dict[str, List[Any]]:
   if unknown:
     raise SystemExit(f'error: {unknown} are not inputs of signature '
                      f'{args.signature!r}; it takes {sorted(dtypes)}.')
+  if not values and getattr(args, 'command', '') == 'predict':
+    raise SystemExit(f'error: no input given; signature {args.signature!r} '
+                     f'takes {sorted(dtypes)}: pass --text, --summary or '
+                     '--feature name=value.')
   features, defaulted = {}, []
   for name, dtype in sorted(dtypes.items()):
     if name in values:
@@ -792,9 +800,10 @@ def _cli_features(args, client: _Client) -> Dict[str, List[Any]]:
     else:
       features[name] = [_empty_value(dtype, ranks.get(name, 1))]
       defaulted.append(name)
-  if getattr(args, 'command', '') == 'recommend':
-    # The --k and --exclude options set these inputs, so they need no note.
-    defaulted = [n for n in defaulted if n not in ('k', 'exclude')]
+  if getattr(args, 'command', '') in ('recommend', 'rank'):
+    # --k, --exclude and --candidates set these inputs, so they need no note.
+    defaulted = [n for n in defaulted
+                 if n not in ('k', 'exclude', 'candidates')]
   if defaulted:
     print(f'note: sending empty values for {defaulted}; pass them with '
           '--feature name=value.', file=sys.stderr)
@@ -842,6 +851,19 @@ def format_recommendations(outputs: Mapping[str, np.ndarray]) -> str:
   return '\n'.join(lines)
 
 
+def format_ranking(outputs: Mapping[str, np.ndarray]) -> str:
+  """Format each row's candidates best first: rank, id and score."""
+  lines = []
+  for row, (candidates, scores) in enumerate(zip(outputs['candidates'],
+                                                 outputs['scores'])):
+    lines.append(f'# row {row}: {len(candidates)} candidates, best first')
+    order = sorted(range(len(candidates)), key=lambda i: -float(scores[i]))
+    for rank, index in enumerate(order, start=1):
+      lines.append(f'{rank:>3}  {candidates[index]:<10} '
+                   f'{float(scores[index]):>9.4f}')
+  return '\n'.join(lines)
+
+
 def _parse_args(argv: Optional[List[str]]):
   parser = argparse.ArgumentParser(
       prog='python -m serving.client',
@@ -852,6 +874,8 @@ def _parse_args(argv: Optional[List[str]]):
        'probabilities (in class order).'),
       ('recommend', 'Print the top-k candidates for one query (the '
        '`recommend` signature of a model with a retrieval task).'),
+      ('rank', 'Score the given candidate ids for one query (the `rank` '
+       'signature) and print them best first.'),
       ('status', 'Print the state of each loaded version.'),
       ('metadata', 'Print the signatures\' inputs and outputs.')):
     command = commands.add_parser(name, help=help_text)
@@ -881,6 +905,17 @@ def _parse_args(argv: Optional[List[str]]):
       command.add_argument('--json', action='store_true',
                            help='Print the raw outputs as JSON.')
       command.set_defaults(signature='recommend', text=None, summary=None)
+    if name == 'rank':
+      command.add_argument('--feature', action='append', metavar='NAME=VALUE',
+                           help='A query feature, e.g. user_id=42 or '
+                           'history="N55189 N42782". Repeat the option for '
+                           'more features.')
+      command.add_argument('--candidates', required=True,
+                           help='Whitespace-separated candidate ids to '
+                           'score, e.g. "N55689 N35729".')
+      command.add_argument('--json', action='store_true',
+                           help='Print the raw scores as JSON.')
+      command.set_defaults(signature='rank', text=None, summary=None)
     if name == 'predict':
       command.add_argument('--text', default=None, help='The review text.')
       command.add_argument('--summary', default=None,
@@ -925,9 +960,19 @@ def main(argv: Optional[List[str]] = None) -> int:
       features = _cli_features(args, client)
       query = {name: value for name, value in features.items()
                if name not in ('k', 'exclude')}
-      outputs = client.recommend(query, args.k, [args.exclude.split()],
-                                 args.version)
+      exclude = _parse_value(args.exclude, tf.string, 2)
+      outputs = client.recommend(query, args.k, [exclude], args.version)
       _print_outputs(outputs, args.json, format_recommendations)
+    elif args.command == 'rank':
+      candidates = _parse_value(args.candidates, tf.string, 2)
+      if not candidates:
+        raise SystemExit('error: --candidates names no id.')
+      features = _cli_features(args, client)
+      query = {name: value for name, value in features.items()
+               if name != 'candidates'}
+      scores = client.rank(query, [candidates], args.version)
+      _print_outputs({'candidates': np.array([candidates], dtype=object),
+                      'scores': scores}, args.json, format_ranking)
     else:
       outputs = client.predict(_cli_features(args, client), args.signature,
                                args.version)

@@ -174,7 +174,7 @@ class ServableVersion:
                               output_keys)
     except tf.errors.OpError as e:
       raise ServingError(tensor_codec.status_code_from_number(e.error_code),
-                         e.message) from e
+                         tensor_codec.op_error_message(e.message)) from e
     except (TypeError, ValueError) as e:
       raise tensor_codec.invalid_argument(str(e)) from e
 

@@ -8,6 +8,7 @@ arrays typed by the signature's input dtypes, which is what
 
 import base64
 import math
+import re
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -43,6 +44,42 @@ _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 def status_code_from_number(number: int) -> grpc.StatusCode:
   """Map a canonical error number (as in tf.errors) to its gRPC status code."""
   return _STATUS_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
+
+
+_BRACKETED = re.compile(r'\[([^\[\]]*)\]')
+_GRAPH_ERROR_PREFIX = 'Graph execution error:'
+# Lines of a runtime error that name graph nodes and where they were built.
+_NODE_LINES = ('[[', 'Detected at node', 'File "', 'Node: ')
+
+
+def op_error_message(message: str) -> str:
+  """Shorten a TensorFlow runtime error message for a client.
+
+  Drops the `Graph execution error:` prefix, the `[[{{node ...}}]]` lines
+  that name graph nodes and the traceback of where a node was built. A
+  failed `tf.debugging.assert_*` keeps its own message and the value that
+  failed it: `assertion failed: [k must be at most 100] [Condition x <= y
+  ...] [x (Max:0) = ] [200] ...` becomes `k must be at most 100 (got 200)`.
+  """
+  text = message.strip()
+  if text.startswith(_GRAPH_ERROR_PREFIX):
+    text = text[len(_GRAPH_ERROR_PREFIX):].strip()
+  lines = [line for line in text.splitlines()
+           if line.strip() and not line.strip().startswith(_NODE_LINES)]
+  text = '\n'.join(lines).strip() or message.strip()
+  assertion = next((line.strip() for line in lines
+                    if line.strip().startswith('assertion failed:')), None)
+  if assertion is None:
+    return text
+  parts = _BRACKETED.findall(assertion)
+  if not parts:
+    return text
+  result = parts[0]
+  for index, part in enumerate(parts[:-1]):
+    if part.startswith('x (') and part.rstrip().endswith('='):
+      result += f' (got {parts[index + 1]})'
+      break
+  return result
 
 
 def dtype_name(dtype_enum: int) -> str:

@@ -219,6 +219,55 @@ def test_cli_infer_rejects_model_base(model_dir, tmp_path, capsys):
   assert 'saved_model.pb is missing' in capsys.readouterr().err
 
 
+AMAZON_CONFIG = os.path.join(serving_fixtures.REPO_ROOT, 'configs',
+                             'amazon_fine_food.yaml')
+
+
+def test_snapshot_matches_session(model_dir, session, reviews, tmp_path):
+  # The first 12 rows of the raw dataset file, unchanged, plus one bad row.
+  with open(REVIEWS_CSV, encoding='utf-8', newline='') as f:
+    lines = list(csv.reader(f))
+  input_path = str(tmp_path / 'Reviews.csv')
+  with open(input_path, 'w', encoding='utf-8', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerows(lines[:13])
+    bad = list(lines[13])
+    bad[lines[0].index('Score')] = '9'
+    writer.writerow(bad)
+  output = str(tmp_path / 'predictions.jsonl')
+
+  counts = batch_inference.run_batch_inference(
+      model_dir, input_path, output, max_batch_size=BATCH_SIZE,
+      config_path=AMAZON_CONFIG)
+
+  predictions = _read_jsonl(output)
+  rejected = _read_jsonl(counts.rejected_path)
+  assert (counts.rows, counts.predicted, counts.rejected) == (13, 12, 1)
+  by_id = {row['example_id']: row for row in reviews}
+  assert sorted(p['id'] for p in predictions) == sorted(
+      row[0] for row in lines[1:13])
+  for prediction in predictions:
+    assert prediction['row'] == f'example {prediction["id"]}'
+    _assert_matches_session(
+        prediction, _single_row_outputs(session, by_id[prediction['id']]))
+  assert rejected[0]['row'] == 'Reviews.csv:14'
+  assert "Score is '9'" in rejected[0]['reason'], rejected
+
+
+def test_cli_infer_snapshot_errors(model_dir, tmp_path, capsys):
+  base = ['infer', '--model-dir', model_dir, '--config', AMAZON_CONFIG,
+          '--output', str(tmp_path / 'out.jsonl')]
+
+  missing = str(tmp_path / 'missing' / 'Reviews.csv')
+  assert pipeline.main(base + ['--input', missing]) == 2
+  assert f'No amazon_fine_food input file at {missing}' in \
+      capsys.readouterr().err
+  assert pipeline.main(base + ['--input', REVIEWS_CSV, '--format',
+                               'csv']) == 2
+  assert '--format csv does not apply with --config' in \
+      capsys.readouterr().err
+
+
 def test_rejected_path_drops_jsonl():
   assert batch_inference.rejected_path_for('a/p.jsonl') == \
       'a/p.rejected.jsonl'

@@ -205,6 +205,29 @@ def test_cli_predict_prints_tasks(server, capsys):
     assert task in out
 
 
+def test_cli_predict_without_inputs_fails(server):
+  _, rest_url = server
+
+  with pytest.raises(SystemExit) as raised:
+    serving_client.main(['predict', '--model', MODEL, '--rest', rest_url])
+
+  assert str(raised.value.code) == (
+      "error: no input given; signature 'serving_default' takes "
+      "['product_id', 'summary', 'text']: pass --text, --summary or "
+      '--feature name=value.')
+
+
+def test_cli_id_list_with_commas_fails():
+  with pytest.raises(SystemExit) as raised:
+    serving_client._parse_value('50,172, 133', tf.string, 2)  # pylint: disable=protected-access
+
+  assert str(raised.value.code) == (
+      "error: id list '50,172, 133' contains commas; separate the ids with "
+      "spaces, e.g. '50 172 133'.")
+  assert serving_client._parse_value('50 172  133', tf.string, 2) == [  # pylint: disable=protected-access
+      '50', '172', '133']
+
+
 def test_cli_status_unknown_model(server, capsys):
   grpc_target, _ = server
 

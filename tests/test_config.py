@@ -69,6 +69,13 @@ def test_split_fractions_checked():
   assert 'eval_fraction=0.9' in message
 
 
+def test_significant_lead_flag_must_be_boolean():
+  message = _error({**MINIMAL,
+                    'evaluator': {'require_significant_lead': 'yes'}})
+  assert message.endswith('`evaluator.require_significant_lead` must be '
+                          "true or false, got 'yes'.")
+
+
 def test_missing_file_named(tmp_path):
   path = str(tmp_path / 'absent.yaml')
   with pytest.raises(ConfigError, match='absent.yaml'):

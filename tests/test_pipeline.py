@@ -326,6 +326,30 @@ def _strict_config(config: PipelineConfig) -> PipelineConfig:
       config, evaluator=dataclasses.replace(config.evaluator, tolerance=-1.0))
 
 
+def test_significant_lead_gate_needs_interval_above_zero():
+  config = load_config(os.path.join(REPO_ROOT, 'configs', 'mind.yaml'))
+  gated = dataclasses.replace(config, evaluator=dataclasses.replace(
+      config.evaluator, require_significant_lead=True))
+  noisy = {'difference': 0.0025, 'lower': -0.0071, 'upper': 0.0123,
+           'units': 937}
+  results = {
+      'category': {'candidate': {'macro_f1': 0.22},
+                   'baseline': {'macro_f1': 0.03}},
+      'click': {'candidate': {'group_auc': 0.5086},
+                'baseline': {'group_auc': 0.5061},
+                'difference': {'group_auc': noisy}},
+  }
+
+  # The main metric's point estimate beats the baseline.
+  assert evaluator._bless(config, results, None) == []  # pylint: disable=protected-access
+  assert evaluator._bless(gated, results, None) == [  # pylint: disable=protected-access
+      'click: group_auc leads the baseline by +0.0025, 95% interval -0.0071 '
+      'to +0.0123 over 937 impressions; the interval includes 0 and '
+      'evaluator.require_significant_lead is set.']
+  results['click']['difference']['group_auc'] = dict(noisy, lower=0.0004)
+  assert evaluator._bless(gated, results, None) == []  # pylint: disable=protected-access
+
+
 def test_strict_tolerance_not_blessed(amazon_run, tmp_path):
   result = evaluator.run_evaluator(
       _strict_config(amazon_run.config), amazon_run.examples_dir,

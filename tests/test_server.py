@@ -466,6 +466,42 @@ def test_tensor_proto_decoding_of_value_fields():
       b'x', b'x', b'x']
 
 
+def _graph_error_message(build, value) -> str:
+  """Feed `value` to a graph that fails at run time; return TF's message."""
+  graph = tf.Graph()
+  with graph.as_default():
+    placeholder = tf.compat.v1.placeholder(tf.int32, shape=None)
+    fetch = build(placeholder)
+  with tf.compat.v1.Session(graph=graph) as session:
+    with pytest.raises(tf.errors.OpError) as raised:
+      session.run(fetch, {placeholder: value})
+  return raised.value.message
+
+
+def test_op_error_message_keeps_the_assertion_and_value():
+  message = _graph_error_message(
+      lambda k: tf.debugging.assert_less_equal(
+          k, tf.constant(100), message='k must be at most 100'), 200)
+
+  assert '{{node' in message
+  assert tensor_codec.op_error_message(message) == (
+      'k must be at most 100 (got 200)')
+  assert tensor_codec.op_error_message(
+      'Graph execution error:\n\nassertion failed: [k must be at most 100] '
+      '[Condition x <= y did not hold element-wise:] [x (Max:0) = ] [200] '
+      '[y (Const_1:0) = ] [100]\n\t [[{{node assert_less_equal/Assert}}]]'
+  ) == 'k must be at most 100 (got 200)'
+
+
+def test_op_error_message_drops_node_lines_only():
+  message = _graph_error_message(lambda values: tf.reshape(values, [2]),
+                                 [1, 2, 3])
+
+  cleaned = tensor_codec.op_error_message(message)
+  assert 'Input to reshape is a tensor with 3 values' in cleaned
+  assert '{{node' not in cleaned
+
+
 def test_rest_status_json(server):
   expected = {'model_version_status': [{
       'version': '1', 'state': 'AVAILABLE',
