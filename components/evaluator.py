@@ -345,8 +345,14 @@ def _impression_differences(task: TaskConfig, data: _EvalData,
 
 
 def _baseline_metrics(task: TaskConfig, train: _EvalData, data: _EvalData,
-                      mask: np.ndarray) -> Dict[str, float]:
-  """Majority class of train; for click tasks, train-split item CTR."""
+                      mask: np.ndarray,
+                      popularity: Optional[np.ndarray] = None
+                      ) -> Dict[str, float]:
+  """Majority class of train; for click tasks, train-split item CTR.
+
+  `popularity` is the click task's `_popularity_scores`, computed here when
+  the caller passes None.
+  """
   if task.type == 'multilabel':
     return _multilabel_baseline(task, train, data, mask)
   if task.type == 'retrieval':
@@ -358,7 +364,8 @@ def _baseline_metrics(task: TaskConfig, train: _EvalData, data: _EvalData,
   predicted = np.array([majority] * len(mask), dtype=object)
   positive_scores = None
   if task.type == 'binary':
-    positive_scores = _popularity_scores(task, train, data)
+    positive_scores = (popularity if popularity is not None else
+                       _popularity_scores(task, train, data))
   result = _task_metrics(task, data, mask, predicted, positive_scores)
   result['majority_class'] = majority
   if task.type == 'multiclass' and numeric_class_values(task):
@@ -429,22 +436,21 @@ def _bless(config: PipelineConfig, task_results: Dict[str, dict],
     name = task.main_metric
     value = result['candidate'].get(name, float('nan'))
     baseline = result['baseline'].get(name, float('nan'))
+    interval = (result.get('difference') or {}).get(name)
     if not value > baseline:
       reason = (f'{task.name}: {name} {value:.4f} does not beat the '
                 f'baseline {baseline:.4f}')
-      interval = (result.get('difference') or {}).get(name)
       if interval:
         reason += (f' (difference {_format_interval(interval)} over '
                    f'{interval["units"]} impressions)')
       reasons.append(reason + '.')
-    elif config.evaluator.require_significant_lead:
-      interval = (result.get('difference') or {}).get(name)
-      if interval and not interval['lower'] > 0:
-        reasons.append(
-            f'{task.name}: {name} leads the baseline by '
-            f'{_format_interval(interval)} over {interval["units"]} '
-            'impressions; the interval includes 0 and '
-            'evaluator.require_significant_lead is set.')
+    elif (config.evaluator.require_significant_lead and interval and
+          not interval['lower'] > 0):
+      reasons.append(
+          f'{task.name}: {name} leads the baseline by '
+          f'{_format_interval(interval)} over {interval["units"]} '
+          'impressions; the interval includes 0 and '
+          'evaluator.require_significant_lead is set.')
     served = (result.get('served') or {}).get(name)
     if served is not None and not np.isnan(served) and (
         np.isnan(value) or value < served - tolerance):
@@ -530,6 +536,9 @@ def run_evaluator(config: PipelineConfig, examples_dir: str, model_dir: str,
   task_results = {}
   for task in config.tasks:
     mask = _labelled(task, eval_data)
+    popularity = None
+    if task.type == 'binary':
+      popularity = _popularity_scores(task, train_data, eval_data)
     if task.type == 'retrieval':
       candidate_metrics = _retrieval_metrics(task, model_dir, eval_data, mask)
     else:
@@ -543,13 +552,14 @@ def run_evaluator(config: PipelineConfig, examples_dir: str, model_dir: str,
         'main_metric': task.main_metric,
         'examples': int(mask.sum()),
         'candidate': candidate_metrics,
-        'baseline': _baseline_metrics(task, train_data, eval_data, mask),
+        'baseline': _baseline_metrics(task, train_data, eval_data, mask,
+                                      popularity),
         'served': None,
     }
     if task.type == 'binary' and task.group_key:
       result['difference'] = _impression_differences(
           task, eval_data, mask, _positive_scores(task, candidate, ranked),
-          _popularity_scores(task, train_data, eval_data))
+          popularity)
     if served is not None and task.type == 'retrieval':
       try:
         result['served'] = _retrieval_metrics(task, served_model_dir,

@@ -153,8 +153,9 @@ def per_impression_metrics(groups: Sequence[Hashable], labels: Sequence[int],
     values['mrr'].append(mrr(group_labels, group_scores))
     values['ndcg@5'].append(ndcg(group_labels, group_scores, 5))
     values['ndcg@10'].append(ndcg(group_labels, group_scores, 10))
-  return kept_groups, {name: np.asarray(v, dtype=np.float64)
-                for name, v in values.items()}
+  arrays = {name: np.asarray(metric_values, dtype=np.float64)
+            for name, metric_values in values.items()}
+  return kept_groups, arrays
 
 
 def impression_metrics(groups: Sequence[Hashable], labels: Sequence[int],
@@ -180,7 +181,7 @@ def paired_bootstrap_interval(candidate: np.ndarray, baseline: np.ndarray,
   Each replicate draws the units (impressions, say) with replacement and
   takes the mean of candidate minus baseline over the draw. The interval is
   the central `confidence` share of those means. An interval that spans 0
-  says the units measured cannot tell the two scorers apart.
+  means the units measured cannot tell the two scorers apart.
 
   Args:
     candidate: [units] one scorer's metric per unit.

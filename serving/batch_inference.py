@@ -373,8 +373,9 @@ class SavedModelHandler(inference_base.ModelHandler):
       outputs = self._run(batch, model)
     except tf.errors.OpError as e:
       if len(batch) == 1:
+        message = tensor_codec.op_error_message(e.message)
         return [inference_base.PredictionResult(batch[0],
-                                                {'error': tensor_codec.op_error_message(e.message)})]
+                                                {'error': message})]
       # Rerun row by row so that only the rows the graph rejects fail.
       return [result for element in batch
               for result in self.run_inference([element], model)]
@@ -529,10 +530,10 @@ def _snapshot_adapter(config_path: str, input_path: str):
     files = adapter.input_files()
   except (FileNotFoundError, ValueError) as e:
     raise FileNotFoundError(
-        f'{input_path} is not a {config.data.adapter} snapshot that '
-        f'{config_path} can read: {e}') from e
+        f'Invalid {config.data.adapter} snapshot at {input_path} for '
+        f'{config_path}: {e}') from e
   if not files:
-    raise FileNotFoundError(f'No {config.data.adapter} input file at '
+    raise FileNotFoundError(f'Missing {config.data.adapter} input files at '
                             f'{input_path}; check the path.')
   return adapter
 
@@ -585,8 +586,9 @@ def run_batch_inference(model_dir: str, input_path: str, output_path: str,
   """
   if config_path:
     if input_format:
-      raise ValueError(f'--format {input_format} does not apply with '
-                       '--config: the config\'s adapter reads the snapshot.')
+      raise ValueError(f'Invalid --format {input_format} with --config: the '
+                       'config\'s adapter reads the snapshot, so omit '
+                       '--format.')
     input_format = SNAPSHOT
   else:
     input_format = input_format or infer_format(input_path)

@@ -747,9 +747,10 @@ def _parse_value(text: str, dtype: tf.DType, rank: int) -> Any:
   ids."""
   if rank > 1:
     if ',' in text:
+      spaced = ' '.join(part.strip() for part in text.split(','))
       raise SystemExit(
-          f'error: id list {text!r} contains commas; separate the ids with '
-          f'spaces, e.g. {" ".join(part.strip() for part in text.split(","))!r}.')
+          f'error: invalid id list {text!r}: separate the ids with spaces, '
+          f'not commas, e.g. {spaced!r}.')
     return text.split()
   if dtype == tf.string:
     return text
@@ -790,8 +791,8 @@ def _cli_features(args, client: _Client) -> Dict[str, List[Any]]:
     raise SystemExit(f'error: {unknown} are not inputs of signature '
                      f'{args.signature!r}; it takes {sorted(dtypes)}.')
   if not values and getattr(args, 'command', '') == 'predict':
-    raise SystemExit(f'error: no input given; signature {args.signature!r} '
-                     f'takes {sorted(dtypes)}: pass --text, --summary or '
+    raise SystemExit(f'error: missing input: signature {args.signature!r} '
+                     f'takes {sorted(dtypes)}, so pass --text, --summary or '
                      '--feature name=value.')
   features, defaulted = {}, []
   for name, dtype in sorted(dtypes.items()):
@@ -966,7 +967,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif args.command == 'rank':
       candidates = _parse_value(args.candidates, tf.string, 2)
       if not candidates:
-        raise SystemExit('error: --candidates names no id.')
+        raise SystemExit('error: --candidates is empty; pass one or more '
+                         'space-separated candidate ids.')
       features = _cli_features(args, client)
       query = {name: value for name, value in features.items()
                if name != 'candidates'}

@@ -260,12 +260,11 @@ def test_cli_infer_snapshot_errors(model_dir, tmp_path, capsys):
 
   missing = str(tmp_path / 'missing' / 'Reviews.csv')
   assert pipeline.main(base + ['--input', missing]) == 2
-  assert f'No amazon_fine_food input file at {missing}' in \
+  assert f'Missing amazon_fine_food input files at {missing}' in \
       capsys.readouterr().err
   assert pipeline.main(base + ['--input', REVIEWS_CSV, '--format',
                                'csv']) == 2
-  assert '--format csv does not apply with --config' in \
-      capsys.readouterr().err
+  assert 'Invalid --format csv with --config' in capsys.readouterr().err
 
 
 def test_rejected_path_drops_jsonl():

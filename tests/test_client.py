@@ -212,8 +212,8 @@ def test_cli_predict_without_inputs_fails(server):
     serving_client.main(['predict', '--model', MODEL, '--rest', rest_url])
 
   assert str(raised.value.code) == (
-      "error: no input given; signature 'serving_default' takes "
-      "['product_id', 'summary', 'text']: pass --text, --summary or "
+      "error: missing input: signature 'serving_default' takes "
+      "['product_id', 'summary', 'text'], so pass --text, --summary or "
       '--feature name=value.')
 
 
@@ -222,8 +222,8 @@ def test_cli_id_list_with_commas_fails():
     serving_client._parse_value('50,172, 133', tf.string, 2)  # pylint: disable=protected-access
 
   assert str(raised.value.code) == (
-      "error: id list '50,172, 133' contains commas; separate the ids with "
-      "spaces, e.g. '50 172 133'.")
+      "error: invalid id list '50,172, 133': separate the ids with spaces, "
+      "not commas, e.g. '50 172 133'.")
   assert serving_client._parse_value('50 172  133', tf.string, 2) == [  # pylint: disable=protected-access
       '50', '172', '133']
 

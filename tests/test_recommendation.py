@@ -288,17 +288,22 @@ def test_served_rank_matches_in_process(client, loaded, splits):
                              atol=1e-5)
 
 
+def _query_flags(row) -> list:
+  """Return the client command line's --feature flags for a row's user."""
+  return ['--feature', f'user_id={row["user_id"][0]}',
+          '--feature', f'history={" ".join(row["history"])}',
+          '--feature', f'occupation={row["occupation"][0]}',
+          '--feature', f'gender={row["gender"][0]}',
+          '--feature', f'age={row["age"][0]}']
+
+
 def test_recommend_command_prints_titles(server, loaded, splits, capsys):
   _, rest_url = server
   row = _row_of_user(splits, _users_by_eval_count(splits, 1)[0])
   expected = _recommend(loaded, _query(row, 3))
   code = serving_client.main([
-      'recommend', '--model', MODEL, '--rest', rest_url, '--k', '3',
-      '--feature', f'user_id={row["user_id"][0]}',
-      '--feature', f'history={" ".join(row["history"])}',
-      '--feature', f'occupation={row["occupation"][0]}',
-      '--feature', f'gender={row["gender"][0]}',
-      '--feature', f'age={row["age"][0]}'])
+      'recommend', '--model', MODEL, '--rest', rest_url, '--k', '3'] +
+                             _query_flags(row))
   assert code == 0
   lines = capsys.readouterr().out.splitlines()
   assert lines[0] == '# row 0: ranked by the model'
@@ -308,20 +313,14 @@ def test_recommend_command_prints_titles(server, loaded, splits, capsys):
     assert lines[rank].endswith(title.decode('utf-8'))
 
 
-def test_rank_command_prints_candidates_best_first(server, loaded, splits,
-                                                   capsys):
+def test_rank_command_prints_best_first(server, loaded, splits, capsys):
   grpc_target, _ = server
   row = _row_of_user(splits, _users_by_eval_count(splits, 2)[1])
   top = _recommend(loaded, _query(row, 4))
   best_first = [item.decode('utf-8') for item in top['item_ids'][0]]
   code = serving_client.main([
       'rank', '--model', MODEL, '--grpc', grpc_target,
-      '--candidates', ' '.join(reversed(best_first)),
-      '--feature', f'user_id={row["user_id"][0]}',
-      '--feature', f'history={" ".join(row["history"])}',
-      '--feature', f'occupation={row["occupation"][0]}',
-      '--feature', f'gender={row["gender"][0]}',
-      '--feature', f'age={row["age"][0]}'])
+      '--candidates', ' '.join(reversed(best_first))] + _query_flags(row))
   assert code == 0
   lines = capsys.readouterr().out.splitlines()
   assert lines[0] == '# row 0: 4 candidates, best first'

@@ -467,7 +467,7 @@ def test_tensor_proto_decoding_of_value_fields():
 
 
 def _graph_error_message(build, value) -> str:
-  """Feed `value` to a graph that fails at run time; return TF's message."""
+  """Return TensorFlow's message for a graph that fails on `value`."""
   graph = tf.Graph()
   with graph.as_default():
     placeholder = tf.compat.v1.placeholder(tf.int32, shape=None)
@@ -478,7 +478,7 @@ def _graph_error_message(build, value) -> str:
   return raised.value.message
 
 
-def test_op_error_message_keeps_the_assertion_and_value():
+def test_op_error_keeps_assertion_value():
   message = _graph_error_message(
       lambda k: tf.debugging.assert_less_equal(
           k, tf.constant(100), message='k must be at most 100'), 200)
@@ -493,7 +493,7 @@ def test_op_error_message_keeps_the_assertion_and_value():
   ) == 'k must be at most 100 (got 200)'
 
 
-def test_op_error_message_drops_node_lines_only():
+def test_op_error_drops_node_lines():
   message = _graph_error_message(lambda values: tf.reshape(values, [2]),
                                  [1, 2, 3])
 
